@@ -1,0 +1,135 @@
+"""Blob files: one file per distinct content, named by its sha256 digest.
+
+Layout (OCI image-layout style, so names stay legal on every OS):
+``blobs/sha256/<2 hex>/<64 hex>``. A blob is stored raw, or in the zstd *seekable*
+format (independent frames plus a seek table) when that saves space, so the mount
+layer can decompress any byte range without reading the whole file. Writes go to
+``tmp/`` first, are fsynced, then renamed into place: a crash leaves at worst an
+orphan temp file, never a partial blob under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import attrs
+import pyzstd
+
+from .digest import digest_bytes, hex_of
+from .errors import IntegrityError, MissingObjectError
+
+RAW = "raw"
+ZSTD = "zstd"
+#: Frame size of the seekable format: a random read decompresses at most this much.
+FRAME_SIZE = 1 << 20
+LEVEL = 3
+#: Store compressed only when it saves at least this fraction.
+MIN_SAVING = 0.10
+
+
+@attrs.frozen
+class BlobInfo:
+    digest: str
+    size: int
+    stored_size: int
+    codec: str
+
+
+def encode(data: bytes) -> tuple[bytes, str]:
+    """The bytes to store for ``data`` and their codec; deterministic for a given input."""
+    if len(data) < 64:
+        return data, RAW
+    buf = io.BytesIO()
+    with pyzstd.SeekableZstdFile(buf, "w", level_or_option=LEVEL, max_frame_content_size=FRAME_SIZE) as f:
+        f.write(data)
+    packed = buf.getvalue()
+    if len(packed) <= len(data) * (1 - MIN_SAVING):
+        return packed, ZSTD
+    return data, RAW
+
+
+def decode(stored: bytes, codec: str) -> bytes:
+    if codec == RAW:
+        return stored
+    try:
+        return pyzstd.decompress(stored)
+    except pyzstd.ZstdError as exc:
+        raise IntegrityError(f"corrupt compressed data ({exc})") from None
+
+
+@attrs.define
+class BlobFiles:
+    root: Path  # the store root
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def setup(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (self.blob_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        h = hex_of(digest)
+        return self.blob_dir / h[:2] / h
+
+    def write(self, digest: str, data: bytes) -> BlobInfo:
+        """Store ``data`` (whose digest the caller computed) durably under its name.
+
+        The caller must fsync the shard directory (see ``sync_dirs``) before recording
+        the blob in the database, so the rename itself survives a power cut.
+        """
+        payload, codec = encode(data)
+        final = self.path(digest)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=hex_of(digest)[:16] + ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return BlobInfo(digest, len(data), len(payload), codec)
+
+    def sync_dirs(self, digests: set[str] | list[str]) -> None:
+        for shard in {hex_of(d)[:2] for d in digests}:
+            _fsync_dir(self.blob_dir / shard)
+
+    def read(self, digest: str, codec: str, size: int | None = None) -> bytes:
+        """The verified content of a blob; raises IntegrityError rather than return wrong bytes."""
+        try:
+            stored = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise MissingObjectError(f"missing blob {digest}") from None
+        data = decode(stored, codec)
+        if (size is not None and len(data) != size) or digest_bytes(data) != digest:
+            raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
+        return data
+
+    def iter_files(self):  # type: ignore[no-untyped-def]
+        """(digest, path) of every blob file present, recorded or not."""
+        for shard in self.blob_dir.iterdir():
+            for entry in os.scandir(shard):
+                yield "sha256:" + entry.name, Path(entry.path)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

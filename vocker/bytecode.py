@@ -1,0 +1,93 @@
+"""Bytecode as a derived artifact, shared across images and outside image IDs.
+
+A pyc body (the marshalled code object) depends only on the source bytes and the
+interpreter's bytecode magic: code objects are compiled with a fixed file name, and
+the import system rewrites ``co_filename`` to the real path when it loads them. So
+bodies are cached in the store keyed by (source digest, magic), compiled once per
+interpreter, and every environment gets ordinary *timestamp* pycs: a 16-byte header
+(magic, flags 0, source mtime, source size) in front of the cached body. An edit to
+a ``.py`` changes its mtime and size, so Python never runs stale bytecode; an
+untouched environment never compiles on first import.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+from .errors import VockerError
+
+#: The file name compiled into code objects; replaced by the real path at import time.
+COMPILE_NAME = "<vocker>"
+
+_WORKER = r"""
+import marshal, struct, sys
+data = sys.stdin.buffer.read()
+out = sys.stdout.buffer
+pos = 0
+while pos < len(data):
+    (n,) = struct.unpack_from("<I", data, pos); pos += 4
+    source = data[pos:pos + n]; pos += n
+    try:
+        body = marshal.dumps(compile(source, %r, "exec", dont_inherit=True))
+    except Exception:
+        out.write(struct.pack("<i", -1))
+        continue
+    out.write(struct.pack("<i", len(body))); out.write(body)
+""" % COMPILE_NAME
+
+
+def compile_sources(python: str, sources: list[bytes], jobs: int | None = None) -> list[bytes | None]:
+    """Compile with the (trusted, host) interpreter ``python``; None where a source does not compile.
+
+    Compiling runs no code from the sources. -I -S keeps the interpreter from loading
+    anything from any environment.
+    """
+    if not sources:
+        return []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(sources) // 50 or 1))
+    chunks = [sources[i::jobs] for i in range(jobs)]
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(lambda c: _compile_chunk(python, c), chunks))
+    out: list[bytes | None] = [None] * len(sources)
+    for i, chunk_result in enumerate(results):
+        out[i::jobs] = chunk_result
+    return out
+
+
+def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
+    payload = b"".join(struct.pack("<I", len(s)) + s for s in sources)
+    try:
+        proc = subprocess.run([python, "-I", "-S", "-c", _WORKER], input=payload, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise VockerError(f"compiling bytecode with {python} failed: {exc}") from None
+    data, pos, out = proc.stdout, 0, []
+    for _ in sources:
+        (n,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        if n < 0:
+            out.append(None)
+        else:
+            out.append(data[pos:pos + n])
+            pos += n
+    return out
+
+
+def pyc_header(magic_hex: str, mtime: float, size: int) -> bytes:
+    """Header of a timestamp-validated pyc (PEP 552 flags = 0)."""
+    return bytes.fromhex(magic_hex) + struct.pack("<III", 0, int(mtime) & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def pyc_name(source_name: str, cache_tag: str) -> str:
+    """``mod.py`` -> ``mod.cpython-311.pyc`` (the file goes in ``__pycache__``)."""
+    return f"{source_name[:-3]}.{cache_tag}.pyc"
+
+
+def wants_pyc(rel_parts: Iterable[str], lib: str) -> bool:
+    """Sources the import system will compile: ``.py`` files under the venv's lib dir."""
+    parts = tuple(rel_parts)
+    lib_parts = tuple(lib.split("/"))
+    return parts[-1].endswith(".py") and parts[:len(lib_parts)] == lib_parts and len(parts) > len(lib_parts)

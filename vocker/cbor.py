@@ -1,0 +1,33 @@
+"""Canonical CBOR: the one byte encoding that image IDs are computed over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from .errors import FormatError
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode with RFC 8949 core deterministic rules (sorted map keys, shortest forms)."""
+    return cbor2.dumps(obj, canonical=True)
+
+
+def loads(data: bytes, what: str = "object") -> Any:
+    """Decode untrusted bytes; any malformation becomes a FormatError, never a crash.
+
+    Re-encoding must give the same bytes: a non-canonical encoding would let two
+    byte strings describe one tree, breaking the Merkle identity.
+    """
+    try:
+        obj = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types, some not CBORDecodeError
+        raise FormatError(f"corrupt {what}: not valid CBOR ({exc})") from None
+    try:
+        canonical = dumps(obj)
+    except Exception as exc:
+        raise FormatError(f"corrupt {what}: unsupported CBOR value ({exc})") from None
+    if canonical != bytes(data):
+        raise FormatError(f"corrupt {what}: not canonical CBOR")
+    return obj

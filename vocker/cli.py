@@ -1,0 +1,240 @@
+"""The ``vocker`` command line: a thin edge over the core modules."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.table import Table
+
+from . import __version__, refs
+from .digest import short
+from .errors import VockerError
+from .store import Store
+from .ui import RichReporter, err, human_age, human_size, out
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _store() -> Store:
+    return Store.open()
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="vocker")
+def cli() -> None:
+    """Reproducible Python environments as images in a content-addressed store.
+
+    The store lives in $VOCKER_HOME (default: the user data directory).
+    """
+
+
+@cli.group()
+def image() -> None:
+    """Create, list, inspect and remove images."""
+
+
+@image.command("import")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=True))
+@click.option("-t", "--tag", metavar="NAME[:TAG]", help="Tag the image (TAG defaults to 'latest').")
+@click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Interpreter the venv was made with (default: the one pyvenv.cfg names).")
+def image_import(directory: Path, tag: str | None, python: Path | None) -> None:
+    """Import a venv (or any directory tree) as an image.
+
+    A venv is stored without its location: the same packages installed anywhere give
+    the same image ID. A directory without pyvenv.cfg is stored as a plain tree.
+    """
+    from .importer import import_tree
+    from .venv import is_venv
+
+    tag = refs.normalize_tag(tag) if tag else None
+    if directory.is_dir() and not is_venv(directory):
+        err.print(f"{directory} has no pyvenv.cfg: importing it as a plain tree", markup=False)
+    result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter())
+    what = "Imported" if result.new else "Already in store:"
+    out.print(f"{what} {result.kind} {directory} as {result.tag or result.image_id}", markup=False)
+    out.print(f"  {result.image_id}", markup=False)
+    out.print(f"  {result.files} files, {human_size(result.size)}; {result.new_blobs} new blobs "
+              f"({human_size(result.new_stored_bytes)} stored) in {result.seconds:.2f}s", markup=False)
+
+
+@image.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
+def image_ls(quiet: bool) -> None:
+    """List images."""
+    store = _store()
+    records = store.images()
+    if quiet:
+        for r in records:
+            out.print(r.id, markup=False)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("IMAGE ID", "TAGS", "KIND", "PYTHON", "FILES", "SIZE", "CREATED"):
+        table.add_column(col, no_wrap=col != "TAGS")
+    for r in records:
+        manifest = store.manifest(r.id)
+        py = f"{manifest.python.implementation} {manifest.python.version}" if manifest.python else "-"
+        table.add_row(short(r.id), ", ".join(r.tags) or "<none>", manifest.kind, py, str(r.files),
+                      human_size(r.size), human_age(r.created))
+    out.print(table)
+
+
+cli.add_command(image_ls, "images")
+
+
+@image.command("inspect")
+@click.argument("image_ref", metavar="IMAGE")
+def image_inspect(image_ref: str) -> None:
+    """Show an image's manifest and provenance as JSON."""
+    store = _store()
+    image_id = store.resolve(image_ref)
+    record = store.image(image_id)
+    doc: dict[str, Any] = {
+        "id": image_id, "tags": list(record.tags), "size": record.size, "files": record.files,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+        "manifest": store.manifest(image_id).to_cbor(), "provenance": record.provenance,
+    }
+    out.print_json(json.dumps(doc)) if out.is_terminal else click.echo(json.dumps(doc, indent=2))
+
+
+@image.command("rm")
+@click.argument("image_refs", metavar="IMAGE...", nargs=-1, required=True)
+def image_rm(image_refs: tuple[str, ...]) -> None:
+    """Remove images (or just the given tag when the image has others). Run 'vocker gc' to free space."""
+    store = _store()
+    for ref in image_refs:
+        image_id, deleted = store.remove(ref)
+        out.print(f"{'Deleted' if deleted else 'Untagged'}: {image_id if deleted else refs.normalize_tag(ref)}",
+                  markup=False)
+
+
+cli.add_command(image_rm, "rmi")
+
+
+@cli.command("tag")
+@click.argument("image_ref", metavar="IMAGE")
+@click.argument("new_tag", metavar="NAME[:TAG]")
+def tag_cmd(image_ref: str, new_tag: str) -> None:
+    """Give an image another name."""
+    out.print(_store().tag(image_ref, new_tag), markup=False)
+
+
+@cli.command("export")
+@click.argument("image_ref", metavar="IMAGE")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--audit", is_flag=True,
+              help="Write the raw stored contents for inspection: no scaffolding, no bytecode, no exec bits; "
+                   "runs nothing.")
+@click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Host interpreter for the environment (default: a matching one found on this machine).")
+def export_cmd(image_ref: str, directory: Path, audit: bool, python: Path | None) -> None:
+    """Materialise an image as a working venv in DIRECTORY (which must not exist or be empty)."""
+    from .exporter import export_image
+
+    result = export_image(_store(), image_ref, directory, audit=audit, python=python, reporter=RichReporter())
+    out.print(f"Exported {short(result.image_id)} to {result.dest} ({result.files} files, "
+              f"{human_size(result.size)}) in {result.seconds:.2f}s", markup=False)
+    if result.interpreter:
+        out.print(f"  python: {result.interpreter}; {result.pycs} pycs ({result.compiled} newly compiled)",
+                  markup=False)
+
+
+@cli.command("verify")
+def verify_cmd() -> None:
+    """Re-hash every blob and tree the images need; exit 1 naming each bad object."""
+    from .maintenance import verify
+
+    checked, problems = verify(_store(), reporter=RichReporter())
+    for p in problems:
+        out.print(p.line(), markup=False)
+    if problems:
+        err.print(f"vocker: verify found {len(problems)} problem(s) in {checked} objects", markup=False)
+        sys.exit(1)
+    out.print(f"OK: {checked} objects verified", markup=False)
+
+
+@cli.command("gc")
+def gc_cmd() -> None:
+    """Delete blobs and trees no image needs (waits for running imports)."""
+    from .maintenance import gc
+
+    store = _store()
+    with store.lock_exclusive(blocking=False) as got:
+        if got:
+            result = gc(store)
+    if not got:
+        err.print("waiting for running imports/exports to finish...", markup=False)
+        with store.lock_exclusive():
+            result = gc(store)
+    out.print(f"Removed {result.blobs + result.orphans} blobs ({human_size(result.bytes)}), "
+              f"{result.objects} trees/manifests, {result.pycs} cached pycs", markup=False)
+
+
+@cli.command("df")
+def df_cmd() -> None:
+    """Show space used: logical vs stored size, dedup and compression ratios."""
+    from .maintenance import usage
+
+    store = _store()
+    u = usage(store)
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for label, value in (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
+                         ("logical size", human_size(u.logical)), ("unique content", human_size(u.unique)),
+                         ("stored on disk", human_size(u.stored)), ("bytecode cache", human_size(u.cache)),
+                         ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
+                         ("compression ratio", f"{u.compression_ratio:.2f}x")):
+        table.add_row(label, value)
+    out.print(table)
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    """The message and exit code for an error; never a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, VockerError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on device{where}; nothing was recorded", 1
+        if exc.errno == errno.EROFS:
+            return f"read-only file system{where}", 1
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, OperationalError):
+        return f"store database error: {exc.orig}", 1
+    return f"internal error: {type(exc).__name__}: {exc} (set VOCKER_DEBUG=1 for a traceback)", 70
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="vocker", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        err.print(f"vocker: error: {exc.format_message()}{hint}", markup=False)
+        sys.exit(2)
+    except click.Abort:
+        err.print("vocker: interrupted", markup=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("vocker: interrupted; nothing was recorded", markup=False)
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(f"vocker: error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("VOCKER_DEBUG"):
+            raise
+        message, code = _one_line(exc)
+        err.print(f"vocker: error: {message}", markup=False)
+        sys.exit(code)

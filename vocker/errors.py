@@ -1,0 +1,31 @@
+"""Exceptions the CLI turns into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class VockerError(Exception):
+    """Base for every error a user can cause or fix; the message is shown as is."""
+
+    exit_code = 1
+
+
+class UsageError(VockerError):
+    """Bad arguments: an unknown image, a malformed tag, a path that is not a directory."""
+
+    exit_code = 2
+
+
+class FormatError(VockerError):
+    """Stored or received data is not valid vocker format (corrupt CBOR, bad names, ...)."""
+
+
+class IntegrityError(VockerError):
+    """Bytes do not match the digest they are stored under."""
+
+
+class MissingObjectError(IntegrityError):
+    """An object the image needs is not in the store."""
+
+
+class NoInterpreterError(VockerError):
+    """No host Python matches the one the image was built with."""

@@ -1,0 +1,152 @@
+"""Materialise an image as a working directory (the fallback where no mount exists).
+
+Everything is written into a temporary sibling of the destination and renamed into
+place at the end, so an interrupted export never leaves a half-made environment
+under the requested name. Nothing is written outside it: names come validated from
+the tree decoder, files are created with O_EXCL|O_NOFOLLOW, and symlinks that could
+point outside are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+
+from . import bytecode, template, walk
+from .digest import digest_bytes
+from .errors import UsageError, VockerError
+from .progress import NullReporter, Reporter
+from .pythons import find_interpreter
+from .scaffold import File, Link, scaffold
+from .store import Store
+from .tree import Entry, Kind
+
+Rel = tuple[str, ...]
+_O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@attrs.frozen
+class ExportResult:
+    image_id: str
+    dest: Path
+    files: int
+    size: int
+    pycs: int
+    compiled: int
+    interpreter: str | None
+    seconds: float
+
+
+def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, python: Path | None = None,
+                 reporter: Reporter | None = None) -> ExportResult:
+    started = time.perf_counter()
+    reporter = reporter or NullReporter()
+    image_id = store.resolve(ref)
+    manifest = store.manifest(image_id)
+    record = store.image(image_id)
+    dest = dest.absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"destination exists and is not an empty directory: {dest}")
+    facts = manifest.python if manifest.kind == "venv" and not audit else None
+    interpreter = find_interpreter(facts, record.provenance.get("base_interpreter"), python) if facts else None
+    root = os.fsencode(str(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.vocker-", dir=dest.parent))
+    try:
+        with store.lock_shared():
+            files: list[tuple[Rel, Entry]] = []
+            for rel, entry in walk.iter_entries(store, walk.single_layer(manifest.layers)):
+                target = tmp.joinpath(*rel)
+                if entry.kind is Kind.DIR:
+                    target.mkdir(0o755)
+                elif entry.kind is Kind.SYMLINK:
+                    assert entry.target is not None
+                    walk.check_link(rel, entry.target)
+                    os.symlink(entry.target, target)
+                else:
+                    files.append((rel, entry))
+            reporter.begin(f"Exporting {ref}", sum(e.size for _, e in files))
+
+            def write(item: tuple[Rel, Entry]) -> None:
+                rel, entry = item
+                data = entry.inline if entry.inline is not None else store.read_blob(entry.digest)  # type: ignore[arg-type]
+                if entry.template:
+                    parts = template.decode(data)
+                    data = template.render_placeholders(parts) if audit else template.render(parts, root)
+                mode = 0o755 if entry.executable and not audit else 0o644
+                _write_file(tmp.joinpath(*rel), data, mode)
+                reporter.advance(entry.size)
+
+            try:
+                with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+                    list(pool.map(write, files))
+            finally:
+                reporter.end()
+            pycs = compiled = 0
+            if facts is not None and interpreter is not None:
+                for rel, item in scaffold(str(dest), facts, interpreter).items():
+                    path = tmp / rel
+                    if path.exists() or path.is_symlink():
+                        continue  # the image's own file wins
+                    if isinstance(item, Link):
+                        os.symlink(item.target, path)
+                    else:
+                        _write_file(path, item.data, 0o755 if item.executable else 0o644)
+                pycs, compiled = _write_pycs(store, tmp, files, facts.magic, facts.cache_tag, facts.lib,
+                                             interpreter["executable"])
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(image_id, dest, len(files), sum(e.size for _, e in files), pycs, compiled,
+                        interpreter["executable"] if interpreter else None, time.perf_counter() - started)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, _O_FLAGS, mode)
+    except FileExistsError:
+        raise VockerError(f"refusing to overwrite {path} while exporting") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: str, cache_tag: str, lib: str,
+                python: str) -> tuple[int, int]:
+    """Write a timestamp pyc beside every library source; compile only what no image had before."""
+    sources = [(rel, e.digest or digest_bytes(e.inline or b"")) for rel, e in files
+               if not e.template and bytecode.wants_pyc(rel, lib)]
+    known = store.cached_pycs(magic, (d for _, d in sources))
+    todo = sorted({d for _, d in sources} - set(known))
+    paths = {d: tmp.joinpath(*rel) for rel, d in sources}
+    fresh: dict[str, bytes | None] = {}
+    if todo:
+        bodies = bytecode.compile_sources(python, [paths[d].read_bytes() for d in todo])
+        fresh = dict(zip(todo, bodies))
+        store.put_blobs({digest_bytes(b): b for b in bodies if b is not None},
+                        pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
+
+    def write(item: tuple[Rel, str]) -> int:
+        rel, digest = item
+        body = fresh[digest] if digest in fresh else (store.read_blob(known[digest]) if known[digest] else None)  # type: ignore[arg-type]
+        if body is None:
+            return 0  # does not compile with this interpreter: Python reports it on import, as usual
+        source = tmp.joinpath(*rel)
+        st = source.stat()
+        cache_dir = source.parent / "__pycache__"
+        cache_dir.mkdir(exist_ok=True)
+        _write_file(cache_dir / bytecode.pyc_name(rel[-1], cache_tag), bytecode.pyc_header(magic, st.st_mtime, st.st_size) + body, 0o644)
+        return 1
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = sum(pool.map(write, sources))
+    return written, len(todo)

@@ -1,0 +1,257 @@
+"""Turn a directory (a venv, or any tree) into an image in the store.
+
+Pipeline: walk the tree (skipping venv scaffolding and bytecode), then hash,
+normalise, compress and write file contents in a thread pool (hashlib and zstd
+release the GIL), then build the Merkle nodes bottom-up and record blobs, nodes,
+manifest and tag in one transaction. A crash or Ctrl-C before that commit leaves
+only orphan blob files, which gc removes; after it, the image is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+
+from . import __version__, normalize, template, venv
+from .blobstore import BlobInfo
+from .digest import digest_bytes
+from .errors import UsageError, VockerError
+from .manifest import Manifest, PythonFacts
+from .progress import NullReporter, Reporter
+from .store import Store
+from .tree import INLINE_MAX, Entry, Kind, Tree, check_name
+
+Rel = tuple[str, ...]
+
+
+@attrs.frozen
+class FileTask:
+    rel: Rel
+    path: str
+    size: int
+    executable: bool
+
+
+@attrs.frozen
+class LinkTask:
+    rel: Rel
+    target: str
+
+
+Node = dict[str, Union["Node", FileTask, LinkTask]]
+
+
+@attrs.frozen
+class ImportResult:
+    image_id: str
+    new: bool
+    kind: str
+    files: int
+    size: int
+    new_blobs: int
+    new_stored_bytes: int
+    tag: str | None
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.define
+class _Walker:
+    root: Path
+    site: Rel | None  # site-packages of a venv; None for a plain tree
+    files: list[FileTask] = attrs.field(factory=list)
+    total: int = 0
+
+    def walk(self, path: str, rel: Rel) -> Node:
+        node: Node = {}
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise VockerError(f"cannot read {path}: {exc.strerror}") from None
+        for e in entries:
+            name = _decode_name(e.name, e.path)
+            sub = rel + (name,)
+            if self.site is not None and (name == "__pycache__" or venv.is_scaffold(sub, self.site)):
+                continue
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                node[name] = LinkTask(sub, _decode_name(os.readlink(e.path), e.path))
+            elif stat.S_ISDIR(st.st_mode):
+                node[name] = self.walk(e.path, sub)
+            elif stat.S_ISREG(st.st_mode):
+                task = FileTask(sub, e.path, st.st_size, bool(st.st_mode & stat.S_IXUSR))
+                node[name] = task
+                self.files.append(task)
+                self.total += st.st_size
+            else:
+                raise VockerError(f"cannot import {e.path}: not a regular file, directory or symlink")
+        return node
+
+
+def _decode_name(name: str, where: str) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VockerError(f"cannot import {where!r}: name is not valid UTF-8") from None
+    return name
+
+
+@attrs.define
+class _Ingest:
+    """Stores file contents; shared by the worker threads."""
+
+    store: Store
+    known: set[str]
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    new: dict[str, BlobInfo] = attrs.field(factory=dict)
+
+    def file_entry(self, name: str, data: bytes, executable: bool, is_template: bool) -> Entry:
+        if len(data) <= INLINE_MAX:
+            return Entry(name, Kind.FILE, size=len(data), inline=data, executable=executable, template=is_template)
+        digest = digest_bytes(data)
+        with self.lock:
+            needed = digest not in self.known
+            self.known.add(digest)
+        if needed:
+            info = self.store.blobs.write(digest, data)
+            with self.lock:
+                self.new[digest] = info
+        return Entry(name, Kind.FILE, size=len(data), digest=digest, executable=executable, template=is_template)
+
+
+def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path | None = None,
+                reporter: Reporter | None = None) -> ImportResult:
+    started = time.perf_counter()
+    reporter = reporter or NullReporter()
+    if not src.exists():
+        raise UsageError(f"no such directory: {src}")
+    if not src.is_dir():
+        raise UsageError(f"not a directory: {src}")
+    given = str(src.absolute())
+    is_venv = venv.is_venv(src)
+    facts: PythonFacts | None = None
+    provenance: dict[str, Any] = {
+        "created_by": f"vocker {__version__} image import", "source": given,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host_platform": platform.platform(),
+    }
+    site: Rel | None = None
+    paths: normalize.VenvPaths | None = None
+    if is_venv:
+        facts, base = venv.facts_for(src, python)
+        provenance["base_interpreter"] = base
+        site = tuple(facts.lib.split("/")) + ("site-packages",)
+        paths = normalize.VenvPaths.of(given, os.path.realpath(given))
+
+    walker = _Walker(src, site)
+    root = walker.walk(given, ())
+    with store.lock_shared():
+        ingest = _Ingest(store, store.blob_digests())
+        templated: set[str] = set()
+        dropped: set[str] = set()
+        records: list[FileTask] = []
+
+        def process(task: FileTask) -> Entry | None:
+            data = _read(task.path)
+            reporter.advance(task.size)
+            name = task.rel[-1]
+            if paths is not None:
+                if name == "direct_url.json" and task.rel[-2].endswith(".dist-info") and normalize.drop_direct_url(data):
+                    with ingest.lock:
+                        dropped.add("/".join(task.rel))
+                    return None
+                parts = paths.to_template(data, is_script=task.rel[0] in ("bin", "Scripts"))
+                if parts is not None:
+                    with ingest.lock:
+                        templated.add("/".join(task.rel))
+                    return ingest.file_entry(name, template.encode(parts), task.executable, True)
+            return ingest.file_entry(name, data, task.executable, False)
+
+        def process_record(task: FileTask) -> Entry:
+            data = normalize.normalize_record(_read(task.path), "/".join(task.rel[:-1]), templated, dropped)
+            reporter.advance(task.size)
+            return ingest.file_entry(task.rel[-1], data, task.executable, False)
+
+        reporter.begin(f"Importing {src.name or given}", walker.total)
+        results: dict[Rel, Entry | None] = {}
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+                futures: dict[Rel, Future] = {}
+                for task in walker.files:
+                    if paths is not None and task.rel[-1] == "RECORD" and len(task.rel) > 1 and task.rel[-2].endswith(".dist-info"):
+                        records.append(task)
+                    else:
+                        futures[task.rel] = pool.submit(process, task)
+                results.update({rel: f.result() for rel, f in futures.items()})
+                # RECORDs last: they need to know which files were templated or dropped.
+                futures = {t.rel: pool.submit(process_record, t) for t in records}
+                results.update({rel: f.result() for rel, f in futures.items()})
+        finally:
+            reporter.end()
+
+        objects: dict[str, bytes] = {}
+        root_digest = _build(root, results, objects, drop_empty=("include",) if is_venv else ())
+        manifest = Manifest("venv" if is_venv else "tree", (root_digest,), facts)
+        manifest_bytes = manifest.encode()
+        image_id = digest_bytes(manifest_bytes)
+        store.blobs.sync_dirs(list(ingest.new))
+        files = sum(1 for e in results.values() if e is not None)
+        size = sum(e.size for e in results.values() if e is not None)
+        with store.write() as conn:
+            store.record_blobs(conn, ingest.new.values())
+            store.record_objects(conn, "tree", objects)
+            new = store.record_image(conn, image_id, manifest_bytes, size, files, provenance)
+            if tag is not None:
+                store.set_tag(conn, tag, image_id)
+    return ImportResult(
+        image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(ingest.new),
+        new_stored_bytes=sum(i.stored_size for i in ingest.new.values()), tag=tag,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise VockerError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _build(node: Node, results: dict[Rel, Entry | None], objects: dict[str, bytes],
+           drop_empty: tuple[str, ...] = ()) -> str:
+    """Encode ``node`` and its subdirectories; returns the node's digest."""
+    entries: list[Entry] = []
+    for name, child in node.items():
+        check_name(name)
+        if isinstance(child, FileTask):
+            entry = results[child.rel]
+            if entry is not None:
+                entries.append(entry)
+        elif isinstance(child, LinkTask):
+            entries.append(Entry(name, Kind.SYMLINK, target=child.target))
+        else:
+            if name in drop_empty and not _has_files(child, results):
+                continue  # e.g. the empty include/ that `python -m venv` makes and uv does not
+            entries.append(Entry(name, Kind.DIR, digest=_build(child, results, objects)))
+    tree = Tree.of(entries)
+    data = tree.encode()
+    digest = digest_bytes(data)
+    objects[digest] = data
+    return digest
+
+
+def _has_files(node: Node, results: dict[Rel, Entry | None]) -> bool:
+    for child in node.values():
+        if isinstance(child, LinkTask) or (isinstance(child, FileTask) and results[child.rel] is not None):
+            return True
+        if isinstance(child, dict) and _has_files(child, results):
+            return True
+    return False

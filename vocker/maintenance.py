@@ -1,0 +1,203 @@
+"""Store upkeep: verify (re-hash everything), gc (free what no image needs), df."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import attrs
+from sqlalchemy import delete, select
+
+from . import db
+from .blobstore import BlobInfo
+from .digest import digest_bytes, short
+from .errors import FormatError, IntegrityError, MissingObjectError
+from .progress import NullReporter, Reporter
+from .store import Store
+from .tree import Kind
+
+
+@attrs.define
+class Reach:
+    """Everything one image needs."""
+
+    trees: set[str] = attrs.field(factory=set)
+    blobs: set[str] = attrs.field(factory=set)
+    #: digests of all file contents, inline ones included (the bytecode cache is keyed by them)
+    contents: set[str] = attrs.field(factory=set)
+    #: objects that could not be read: digest -> (kind, reason)
+    broken: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+
+
+def reach(store: Store, image_id: str) -> Reach:
+    out = Reach()
+    try:
+        manifest = store.manifest(image_id)
+    except (MissingObjectError, IntegrityError, FormatError) as exc:
+        out.broken[image_id] = ("manifest", str(exc))
+        return out
+    stack = list(manifest.layers)
+    while stack:
+        digest = stack.pop()
+        if digest in out.trees:
+            continue
+        out.trees.add(digest)
+        try:
+            tree = store.tree(digest)
+        except (MissingObjectError, IntegrityError, FormatError) as exc:
+            out.broken[digest] = ("tree", str(exc))
+            continue
+        for e in tree.entries:
+            if e.kind is Kind.DIR:
+                stack.append(e.digest)  # type: ignore[arg-type]
+            elif e.kind is Kind.FILE:
+                if e.digest is not None:
+                    out.blobs.add(e.digest)
+                    out.contents.add(e.digest)
+                else:
+                    out.contents.add(digest_bytes(e.inline or b""))
+    return out
+
+
+@attrs.frozen
+class Problem:
+    kind: str  # "blob", "tree", "manifest", "cache"
+    digest: str
+    reason: str
+    images: tuple[str, ...]  # display names of the affected images
+
+    def line(self) -> str:
+        affected = ", ".join(self.images) if self.images else "no image (bytecode cache only)"
+        return f"{self.reason} — affects {affected}"
+
+
+def _display(store: Store) -> dict[str, str]:
+    return {r.id: (", ".join(r.tags) + f" ({short(r.id)})" if r.tags else short(r.id)) for r in store.images()}
+
+
+def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Problem]]:
+    """Re-hash every object reachable from an image (and every cached pyc). Returns (checked, problems)."""
+    reporter = reporter or NullReporter()
+    names = _display(store)
+    reaches = {image_id: reach(store, image_id) for image_id in names}
+    with store.read() as conn:
+        rows = {r.digest: BlobInfo(r.digest, r.size, r.stored_size, r.codec) for r in conn.execute(select(db.blobs))}
+    wanted = set().union(*(r.blobs for r in reaches.values())) | set(rows)
+    broken: dict[str, tuple[str, str]] = {}
+    for r in reaches.values():
+        broken.update(r.broken)
+
+    def check(digest: str) -> tuple[str, str] | None:
+        info = rows.get(digest)
+        try:
+            if info is None:
+                return ("blob", f"missing blob {digest} (not recorded in the store)")
+            store.blobs.read(digest, info.codec, info.size)
+        except (IntegrityError, FormatError) as exc:
+            return ("blob", str(exc))
+        finally:
+            reporter.advance(info.size if info else 0)
+        return None
+
+    reporter.begin("Verifying", sum(rows[d].size for d in wanted if d in rows))
+    try:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for digest, bad in zip(sorted(wanted), pool.map(check, sorted(wanted))):
+                if bad is not None:
+                    broken[digest] = bad
+    finally:
+        reporter.end()
+    problems = []
+    for digest, (kind, reason) in sorted(broken.items()):
+        affected = tuple(sorted(names[i] for i, r in reaches.items()
+                                if digest == i or digest in r.blobs or digest in r.trees))
+        problems.append(Problem(kind if affected else "cache", digest, reason, affected))
+    checked = len(wanted) + len(set().union(*(r.trees for r in reaches.values()))) + len(reaches)
+    return checked, problems
+
+
+@attrs.frozen
+class GcResult:
+    blobs: int
+    bytes: int
+    objects: int
+    pycs: int
+    orphans: int
+
+
+def gc(store: Store) -> GcResult:
+    """Delete what no image needs. Call with the store's exclusive lock held."""
+    reaches = [reach(store, i) for i in (r.id for r in store.images())]
+    broken = {d for r in reaches for d in r.broken}
+    if broken:
+        raise IntegrityError(f"store has unreadable objects (e.g. {sorted(broken)[0]}); run 'vocker verify' first")
+    trees = set().union(*(r.trees for r in reaches)) if reaches else set()
+    blobs = set().union(*(r.blobs for r in reaches)) if reaches else set()
+    contents = set().union(*(r.contents for r in reaches)) if reaches else set()
+    manifests = {r.id for r in store.images()}
+    with store.write() as conn:
+        pyc_rows = conn.execute(select(db.pycs.c.source, db.pycs.c.magic, db.pycs.c.pyc)).all()
+        dead_pycs = [(s, m) for s, m, _ in pyc_rows if s not in contents]
+        blobs |= {p for s, _, p in pyc_rows if s in contents and p is not None}
+        for s, m in dead_pycs:
+            conn.execute(delete(db.pycs).where(db.pycs.c.source == s, db.pycs.c.magic == m))
+        objs = set(conn.scalars(select(db.objects.c.digest)))
+        dead_objs = objs - trees - manifests
+        for d in dead_objs:
+            conn.execute(delete(db.objects).where(db.objects.c.digest == d))
+        rows = {d: s for d, s in conn.execute(select(db.blobs.c.digest, db.blobs.c.stored_size))}
+        dead_blobs = set(rows) - blobs
+        for d in dead_blobs:
+            conn.execute(delete(db.blobs).where(db.blobs.c.digest == d))
+    # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
+    freed = 0
+    orphans = 0
+    for digest, path in store.blobs.iter_files():
+        if digest in rows and digest not in dead_blobs:
+            continue
+        try:
+            freed += path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        orphans += digest not in rows
+    for leftover in store.blobs.tmp_dir.iterdir():  # interrupted writes; no writer runs under the lock
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return GcResult(len(dead_blobs), freed, len(dead_objs), len(dead_pycs), orphans)
+
+
+@attrs.frozen
+class Usage:
+    images: int
+    logical: int  # sum of every image's file sizes, as if each were a separate copy
+    unique: int  # distinct content the images need
+    stored: int  # bytes on disk for that content (compressed) plus the metadata database
+    cache: int  # bytes on disk of the bytecode cache
+    files: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical / self.unique if self.unique else 1.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.unique / self.stored if self.stored else 1.0
+
+
+def usage(store: Store) -> Usage:
+    records = store.images()
+    reaches = [reach(store, r.id) for r in records]
+    needed = set().union(*(r.blobs for r in reaches)) if reaches else set()
+    with store.read() as conn:
+        rows = {d: (size, stored) for d, size, stored in
+                conn.execute(select(db.blobs.c.digest, db.blobs.c.size, db.blobs.c.stored_size))}
+    unique = sum(rows[d][0] for d in needed if d in rows)
+    inline_and_db = sum(os.path.getsize(p) for p in store.root.glob("vocker.db*"))
+    stored = sum(rows[d][1] for d in needed if d in rows) + inline_and_db
+    cache = sum(v[1] for d, v in rows.items() if d not in needed)
+    return Usage(len(records), sum(r.size for r in records), unique, stored, cache,
+                 sum(r.files for r in records))

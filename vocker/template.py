@@ -1,0 +1,63 @@
+"""Templates: file contents with the environment's location cut out.
+
+A venv bakes its own absolute path into scripts and config. To make images
+location-independent, such files are stored as a list of parts: byte strings are
+literal, text strings name a variable filled in for the path in use (export
+directory or mount point). Stored as canonical CBOR ``{"v": 1, "p": [...]}``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Union
+
+from . import cbor
+from .errors import FormatError
+
+TEMPLATE_VERSION = 1
+#: The environment root, as an absolute path.
+VENV = "venv"
+#: A script's interpreter line(s) for ``<root>/bin/python``: a plain ``#!`` line, or a
+#: ``/bin/sh`` trampoline when the path is too long or needs quoting (as pip does).
+SHEBANG = "shebang"
+VARIABLES = (VENV, SHEBANG)
+
+Part = Union[bytes, str]
+
+#: Longest shebang line the Linux kernel honours (BINPRM_BUF_SIZE - 1).
+_MAX_SHEBANG = 127
+
+
+def encode(parts: list[Part]) -> bytes:
+    return cbor.dumps({"v": TEMPLATE_VERSION, "p": parts})
+
+
+def decode(data: bytes) -> list[Part]:
+    raw = cbor.loads(data, "template")
+    if not isinstance(raw, dict) or set(raw) != {"v", "p"} or raw["v"] != TEMPLATE_VERSION:
+        raise FormatError("corrupt template")
+    parts = raw["p"]
+    if not isinstance(parts, list) or not all(
+        isinstance(p, bytes) or (isinstance(p, str) and p in VARIABLES) for p in parts
+    ):
+        raise FormatError("corrupt template: unknown part")
+    return parts
+
+
+def shebang_for(root: bytes) -> bytes:
+    python = root + b"/bin/python"
+    if len(python) + 2 <= _MAX_SHEBANG and re.fullmatch(rb"[A-Za-z0-9_./+@%,=:-]+", python):
+        return b"#!" + python
+    quoted = shlex.quote(python.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+    return b"#!/bin/sh\n'''exec' " + quoted + b' "$0" "$@"\n' + b"' '''"
+
+
+def render(parts: list[Part], root: bytes) -> bytes:
+    values = {VENV: root, SHEBANG: shebang_for(root)}
+    return b"".join(p if isinstance(p, bytes) else values[p] for p in parts)
+
+
+def render_placeholders(parts: list[Part]) -> bytes:
+    """For audits: show where variables go without choosing a location."""
+    return b"".join(p if isinstance(p, bytes) else b"{{vocker:" + p.encode() + b"}}" for p in parts)

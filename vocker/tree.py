@@ -1,0 +1,143 @@
+"""Merkle tree nodes: one canonical-CBOR node per directory.
+
+A node records only what makes an environment work the same anywhere: names, kinds,
+the executable bit, sizes, content digests (or tiny contents inline) and link
+targets. Nothing host-specific (mtimes, owners, inode numbers) goes in, so the same
+files give the same digest on every machine.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Iterable
+
+import attrs
+
+from . import cbor
+from .digest import check_digest, digest_bytes
+from .errors import FormatError
+
+TREE_VERSION = 1
+#: Files up to this size are stored inside their directory's node: it saves a blob
+#: file (and an fsync) for the many empty or tiny files of a venv. Part of the format.
+INLINE_MAX = 256
+
+
+class Kind(str, enum.Enum):
+    FILE = "f"
+    DIR = "d"
+    SYMLINK = "l"
+
+
+def check_name(name: object) -> str:
+    """Reject names that could escape a directory or are not portable path parts."""
+    if not isinstance(name, str) or name in ("", ".", ".."):
+        raise FormatError(f"invalid name in tree: {name!r}")
+    if "/" in name or "\0" in name or "\\" in name:
+        raise FormatError(f"invalid name in tree: {name!r}")
+    return name
+
+
+@attrs.frozen
+class Entry:
+    name: str
+    kind: Kind
+    #: File: content size in bytes (for a template, the size of the stored template).
+    size: int = 0
+    #: File: digest of the content blob (None when inlined). Dir: digest of its node.
+    digest: str | None = None
+    #: File: the whole content, for files of at most INLINE_MAX bytes.
+    inline: bytes | None = None
+    executable: bool = False
+    #: File: content is a template (see template.py), rendered for the path in use.
+    template: bool = False
+    #: Symlink: the link target, as stored.
+    target: str | None = None
+
+    def to_cbor(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.name, "k": self.kind.value}
+        if self.kind is Kind.FILE:
+            out["s"] = self.size
+            if self.inline is not None:
+                out["c"] = self.inline
+            else:
+                out["h"] = self.digest
+            if self.executable:
+                out["x"] = True
+            if self.template:
+                out["t"] = True
+        elif self.kind is Kind.DIR:
+            out["h"] = self.digest
+        else:
+            out["l"] = self.target
+        return out
+
+    @classmethod
+    def from_cbor(cls, raw: object) -> "Entry":
+        if not isinstance(raw, dict):
+            raise FormatError("corrupt tree: entry is not a map")
+        name = check_name(raw.get("n"))
+        try:
+            kind = Kind(raw.get("k"))
+        except ValueError:
+            raise FormatError(f"corrupt tree: unknown kind for {name!r}") from None
+        allowed = {Kind.FILE: {"n", "k", "s", "c", "h", "x", "t"},
+                   Kind.DIR: {"n", "k", "h"},
+                   Kind.SYMLINK: {"n", "k", "l"}}[kind]
+        if not set(raw) <= allowed:
+            raise FormatError(f"corrupt tree: unexpected fields for {name!r}")
+        if kind is Kind.DIR:
+            return cls(name, kind, digest=check_digest(raw.get("h"), "tree digest"))
+        if kind is Kind.SYMLINK:
+            target = raw.get("l")
+            if not isinstance(target, str) or not target or "\0" in target:
+                raise FormatError(f"corrupt tree: invalid link target for {name!r}")
+            return cls(name, kind, target=target)
+        size = raw.get("s")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise FormatError(f"corrupt tree: invalid size for {name!r}")
+        executable, template = raw.get("x", False), raw.get("t", False)
+        if executable is not True and executable is not False or template is not True and template is not False:
+            raise FormatError(f"corrupt tree: invalid flags for {name!r}")
+        if "c" in raw:
+            inline = raw["c"]
+            if "h" in raw or not isinstance(inline, bytes) or len(inline) != size or size > INLINE_MAX:
+                raise FormatError(f"corrupt tree: invalid inline content for {name!r}")
+            return cls(name, kind, size=size, inline=inline, executable=executable, template=template)
+        return cls(name, kind, size=size, digest=check_digest(raw.get("h"), "content digest"),
+                   executable=executable, template=template)
+
+
+def _sort_key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogatepass")
+
+
+@attrs.frozen
+class Tree:
+    entries: tuple[Entry, ...]
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry]) -> "Tree":
+        return cls(tuple(sorted(entries, key=lambda e: _sort_key(e.name))))
+
+    def encode(self) -> bytes:
+        return cbor.dumps({"v": TREE_VERSION, "e": [e.to_cbor() for e in self.entries]})
+
+    def digest(self) -> str:
+        return digest_bytes(self.encode())
+
+    def by_name(self) -> dict[str, Entry]:
+        return {e.name: e for e in self.entries}
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Tree":
+        raw = cbor.loads(data, "tree")
+        if not isinstance(raw, dict) or set(raw) != {"v", "e"} or not isinstance(raw["e"], list):
+            raise FormatError("corrupt tree: not a tree node")
+        if raw["v"] != TREE_VERSION:
+            raise FormatError(f"unsupported tree format version {raw['v']!r}")
+        entries = tuple(Entry.from_cbor(e) for e in raw["e"])
+        names = [_sort_key(e.name) for e in entries]
+        if names != sorted(set(names)):  # canonical order, and each name once
+            raise FormatError("corrupt tree: entries unsorted or duplicated")
+        return cls(entries)
