@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from .errors import VockerError
+from .parallel import pmap
 
 #: The file name compiled into code objects; replaced by the real path at import time.
 COMPILE_NAME = "<vocker>"
@@ -50,8 +50,7 @@ def compile_sources(python: str, sources: list[bytes], jobs: int | None = None) 
         return []
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(sources) // 50 or 1))
     chunks = [sources[i::jobs] for i in range(jobs)]
-    with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda c: _compile_chunk(python, c), chunks))
+    results = pmap(lambda c: _compile_chunk(python, c), chunks, workers=jobs)
     out: list[bytes | None] = [None] * len(sources)
     for i, chunk_result in enumerate(results):
         out[i::jobs] = chunk_result

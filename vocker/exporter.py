@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -21,6 +20,7 @@ import attrs
 from . import bytecode, template, walk
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
+from .parallel import pmap
 from .progress import NullReporter, Reporter
 from .pythons import find_interpreter
 from .scaffold import File, Link, scaffold
@@ -84,8 +84,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                 reporter.advance(entry.size)
 
             try:
-                with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-                    list(pool.map(write, files))
+                pmap(write, files)
             finally:
                 reporter.end()
             pycs = compiled = 0
@@ -147,6 +146,4 @@ def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: 
         _write_file(cache_dir / bytecode.pyc_name(rel[-1], cache_tag), bytecode.pyc_header(magic, st.st_mtime, st.st_size) + body, 0o644)
         return 1
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        written = sum(pool.map(write, sources))
-    return written, len(todo)
+    return sum(pmap(write, sources)), len(todo)

@@ -14,7 +14,6 @@ import platform
 import stat
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
 
@@ -25,6 +24,7 @@ from .blobstore import BlobInfo
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
 from .manifest import Manifest, PythonFacts
+from .parallel import pmap
 from .progress import NullReporter, Reporter
 from .store import Store
 from .tree import INLINE_MAX, Entry, Kind, Tree, check_name
@@ -156,7 +156,6 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         ingest = _Ingest(store, store.blob_digests())
         templated: set[str] = set()
         dropped: set[str] = set()
-        records: list[FileTask] = []
 
         def process(task: FileTask) -> Entry | None:
             data = _read(task.path)
@@ -180,19 +179,12 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
             return ingest.file_entry(task.rel[-1], data, task.executable, False)
 
         reporter.begin(f"Importing {src.name or given}", walker.total)
-        results: dict[Rel, Entry | None] = {}
         try:
-            with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-                futures: dict[Rel, Future] = {}
-                for task in walker.files:
-                    if paths is not None and task.rel[-1] == "RECORD" and len(task.rel) > 1 and task.rel[-2].endswith(".dist-info"):
-                        records.append(task)
-                    else:
-                        futures[task.rel] = pool.submit(process, task)
-                results.update({rel: f.result() for rel, f in futures.items()})
-                # RECORDs last: they need to know which files were templated or dropped.
-                futures = {t.rel: pool.submit(process_record, t) for t in records}
-                results.update({rel: f.result() for rel, f in futures.items()})
+            plain = [t for t in walker.files if not (paths is not None and _is_record(t.rel))]
+            records = [t for t in walker.files if paths is not None and _is_record(t.rel)]
+            results: dict[Rel, Entry | None] = dict(zip((t.rel for t in plain), pmap(process, plain)))
+            # RECORDs last: they need to know which files were templated or dropped.
+            results.update(zip((t.rel for t in records), pmap(process_record, records)))
         finally:
             reporter.end()
 
@@ -215,6 +207,10 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         new_stored_bytes=sum(i.stored_size for i in ingest.new.values()), tag=tag,
         seconds=time.perf_counter() - started,
     )
+
+
+def _is_record(rel: Rel) -> bool:
+    return rel[-1] == "RECORD" and len(rel) > 1 and rel[-2].endswith(".dist-info")
 
 
 def _read(path: str) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 from sqlalchemy import delete, select
@@ -13,6 +12,7 @@ from . import db
 from .blobstore import BlobInfo
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
+from .parallel import pmap
 from .progress import NullReporter, Reporter
 from .store import Store
 from .tree import Kind
@@ -102,10 +102,9 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
 
     reporter.begin("Verifying", sum(rows[d].size for d in wanted if d in rows))
     try:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for digest, bad in zip(sorted(wanted), pool.map(check, sorted(wanted))):
-                if bad is not None:
-                    broken[digest] = bad
+        for digest, bad in zip(sorted(wanted), pmap(check, sorted(wanted))):
+            if bad is not None:
+                broken[digest] = bad
     finally:
         reporter.end()
     problems = []
