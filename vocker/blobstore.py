@@ -11,9 +11,11 @@ orphan temp file, never a partial blob under its final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import attrs
@@ -118,11 +120,61 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return data
 
+    def verify(self, digest: str, codec: str, size: int) -> None:
+        """Stream-check a blob against its digest without holding it in memory."""
+        h = hashlib.sha256()
+        total = 0
+        try:
+            f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD else open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise MissingObjectError(f"missing blob {digest}") from None
+        except (pyzstd.ZstdError, pyzstd.SeekableFormatError) as exc:
+            raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
+        with f:
+            try:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    total += len(chunk)
+            except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
+                raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
+        if total != size or f"sha256:{h.hexdigest()}" != digest:
+            raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
+
+    def reader(self, digest: str, codec: str) -> "BlobReader":
+        return BlobReader(self.path(digest), codec)
+
     def iter_files(self):  # type: ignore[no-untyped-def]
         """(digest, path) of every blob file present, recorded or not."""
         for shard in self.blob_dir.iterdir():
             for entry in os.scandir(shard):
                 yield "sha256:" + entry.name, Path(entry.path)
+
+
+class BlobReader:
+    """Random access to a blob's content (which the caller has verified)."""
+
+    def __init__(self, path: Path, codec: str) -> None:
+        self._lock = threading.Lock()
+        if codec == ZSTD:
+            self._zst: pyzstd.SeekableZstdFile | None = pyzstd.SeekableZstdFile(path, "r")
+            self._fd = -1
+        else:
+            self._zst = None
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def pread(self, size: int, offset: int) -> bytes:
+        if self._zst is None:
+            return os.pread(self._fd, size, offset)
+        with self._lock:  # a seekable zstd file has one position
+            self._zst.seek(offset)
+            return self._zst.read(size)
+
+    def close(self) -> None:
+        if self._zst is not None:
+            self._zst.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,10 +15,15 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from .digest import digest_bytes
 from .errors import VockerError
 from .parallel import pmap
+
+if TYPE_CHECKING:
+    from .manifest import PythonFacts
+    from .store import Store
 
 #: The file name compiled into code objects; replaced by the real path at import time.
 COMPILE_NAME = "<vocker>"
@@ -75,6 +80,52 @@ def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
     return out
 
 
+def ensure_cached(store: "Store", magic: str, python: str,
+                  sources: dict[str, Callable[[], bytes]]) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
+    """Make the store hold bytecode for every source digest in ``sources`` (digest -> reader).
+
+    Returns (cached: digest -> pyc blob or None, fresh: digest -> body or None for what
+    was compiled now). None marks a source that does not compile with this interpreter.
+    """
+    known = store.cached_pycs(magic, sources)
+    todo = sorted(set(sources) - set(known))
+    fresh: dict[str, bytes | None] = {}
+    if todo:
+        fresh = dict(zip(todo, compile_sources(python, [sources[d]() for d in todo])))
+        store.put_blobs({digest_bytes(b): b for b in fresh.values() if b is not None},
+                        pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
+    return known, fresh
+
+
+def ensure_image(store: "Store", image_id: str, facts: "PythonFacts", python: str) -> int:
+    """Cache bytecode for all of an image's library sources (once per image and interpreter).
+
+    Returns how many sources were compiled now.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.dialects.sqlite import insert
+
+    from . import db, walk
+    from .tree import Kind
+
+    with store.read() as conn:
+        done = conn.execute(select(db.pyc_images).where(db.pyc_images.c.image_id == image_id,
+                                                        db.pyc_images.c.magic == facts.magic)).first()
+    if done:
+        return 0
+    readers: dict[str, Callable[[], bytes]] = {}
+    for rel, e in walk.iter_entries(store, walk.single_layer(store.manifest(image_id).layers)):
+        if e.kind is Kind.FILE and not e.template and wants_pyc(rel, facts.lib):
+            if e.inline is not None:
+                readers[inline_digest(e.inline)] = lambda data=e.inline: data
+            else:
+                readers[e.digest] = lambda d=e.digest: store.read_blob(d)  # type: ignore[misc]
+    _, fresh = ensure_cached(store, facts.magic, python, readers)
+    with store.write() as conn:
+        conn.execute(insert(db.pyc_images).on_conflict_do_nothing(), {"image_id": image_id, "magic": facts.magic})
+    return len(fresh)
+
+
 def pyc_header(magic_hex: str, mtime: float, size: int) -> bytes:
     """Header of a timestamp-validated pyc (PEP 552 flags = 0)."""
     return bytes.fromhex(magic_hex) + struct.pack("<III", 0, int(mtime) & 0xFFFFFFFF, size & 0xFFFFFFFF)
@@ -85,8 +136,19 @@ def pyc_name(source_name: str, cache_tag: str) -> str:
     return f"{source_name[:-3]}.{cache_tag}.pyc"
 
 
+def in_lib(dir_parts: Iterable[str], lib: str) -> bool:
+    """Whether a directory is (below) the venv's lib dir, where imports compile sources."""
+    parts = tuple(dir_parts)
+    lib_parts = tuple(lib.split("/"))
+    return parts[:len(lib_parts)] == lib_parts
+
+
 def wants_pyc(rel_parts: Iterable[str], lib: str) -> bool:
     """Sources the import system will compile: ``.py`` files under the venv's lib dir."""
     parts = tuple(rel_parts)
-    lib_parts = tuple(lib.split("/"))
-    return parts[-1].endswith(".py") and parts[:len(lib_parts)] == lib_parts and len(parts) > len(lib_parts)
+    return parts[-1].endswith(".py") and in_lib(parts[:-1], lib)
+
+
+def inline_digest(data: bytes | None) -> str:
+    """Cache key of an inlined source (stored in its tree node, not as a blob)."""
+    return digest_bytes(data or b"")

@@ -196,6 +196,125 @@ def df_cmd() -> None:
     out.print(table)
 
 
+@cli.command("mount")
+@click.argument("ref", metavar="IMAGE|CONTAINER")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--read-only", is_flag=True, help="No writable layer: writes fail with EROFS.")
+@click.option("--audit", is_flag=True, help="Read-only, noexec,nosuid,nodev; raw contents, no scaffolding.")
+@click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Host interpreter for the environment (default: a matching one found on this machine).")
+def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: Path | None) -> None:
+    """Mount an image or a named container at DIRECTORY and return; a background process serves it.
+
+    An image gets a throw-away writable layer, discarded at unmount; a named container
+    (see 'vocker create') keeps its writable layer across mounts.
+    """
+    from .mounting import mount
+
+    record = mount(_store(), ref, directory, read_only=read_only, audit=audit, python=python)
+    out.print(f"Mounted {ref} at {record.mountpoint} (container {record.container}, pid {record.pid})", markup=False)
+
+
+@cli.command("unmount")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-f", "--force", is_flag=True, help="Also when busy (lazy) or when the daemon is dead or hung.")
+def unmount_cmd(directory: Path, force: bool) -> None:
+    """Unmount a container mounted with 'vocker mount'."""
+    from .mounting import unmount
+
+    unmount(_store(), directory, force=force)
+    out.print(f"Unmounted {directory}", markup=False)
+
+
+cli.add_command(unmount_cmd, "umount")
+
+
+@cli.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also list named containers that are not mounted.")
+def ps_cmd(show_all: bool) -> None:
+    """List mounted containers and whether their daemons are healthy."""
+    from . import containers
+    from .mounting import status
+
+    store = _store()
+    names = {r.id: (r.tags[0] if r.tags else short(r.id)) for r in store.images()}
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("CONTAINER", "IMAGE", "MOUNT POINT", "PID", "STATUS"):
+        table.add_column(col, no_wrap=True)
+    by_name = {c.name: c for c in containers.all_containers(store)}
+    mounted = set()
+    for m in containers.mounts(store):
+        c = by_name.get(m.container)
+        mounted.add(m.container)
+        table.add_row(m.container, names.get(c.image_id, "?") if c else "?", m.mountpoint, str(m.pid), status(m))
+    if show_all:
+        for c in by_name.values():
+            if c.name not in mounted and c.persistent:
+                table.add_row(c.name, names.get(c.image_id, short(c.image_id)), "-", "-", "not mounted")
+    out.print(table)
+
+
+@cli.command("create")
+@click.argument("image_ref", metavar="IMAGE")
+@click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-').")
+def create_cmd(image_ref: str, name: str) -> None:
+    """Create a named container: an image plus a writable layer that persists across mounts."""
+    from . import containers
+
+    c = containers.create(_store(), image_ref, name)
+    out.print(f"Created container {c.name} from {short(c.image_id)}", markup=False)
+
+
+@cli.command("rm")
+@click.argument("names", metavar="CONTAINER...", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Unmount first if mounted.")
+def rm_cmd(names: tuple[str, ...], force: bool) -> None:
+    """Remove containers and their writable layers."""
+    from . import containers
+    from .mounting import status, unmount
+
+    store = _store()
+    for name in names:
+        if containers.get(store, name) is None:
+            raise VockerError(f"no such container: {name}")
+        for m in containers.mounts(store):
+            if m.container == name:
+                if not force and status(m) != "stale":
+                    raise VockerError(f"container {name} is mounted at {m.mountpoint}; unmount it or use --force")
+                unmount(store, m.mountpoint, force=True)
+        containers.remove(store, name)
+        out.print(f"Removed container {name}", markup=False)
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("ref", metavar="IMAGE|CONTAINER")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--read-only", is_flag=True, help="Mount without a writable layer.")
+@click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Host interpreter for the environment.")
+def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | None) -> None:
+    """Run COMMAND with the environment mounted and active (use -- before COMMAND).
+
+    Mounts in a temporary directory, sets PATH and VIRTUAL_ENV, passes the exit code and
+    signals through and unmounts. Changes are discarded unless REF is a named container.
+    """
+    from .running import run_in
+
+    sys.exit(run_in(_store(), ref, list(command), read_only=read_only, python=python))
+
+
+@cli.command("shell")
+@click.argument("ref", metavar="IMAGE|CONTAINER")
+@click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Host interpreter for the environment.")
+def shell_cmd(ref: str, python: Path | None) -> None:
+    """Open an interactive shell ($SHELL) with the environment mounted and active."""
+    from .running import run_in
+
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    sys.exit(run_in(_store(), ref, [shell], python=python))
+
+
 def _one_line(exc: BaseException) -> tuple[str, int]:
     """The message and exit code for an error; never a traceback."""
     from sqlalchemy.exc import OperationalError

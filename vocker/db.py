@@ -57,6 +57,33 @@ pycs = Table(
 )
 
 
+#: Images whose every source has cached bytecode for an interpreter magic (mounts skip the check).
+pyc_images = Table(
+    "pyc_images", metadata,
+    Column("image_id", String, primary_key=True),
+    Column("magic", String, primary_key=True),
+)
+
+#: Containers: an image plus a writable layer (containers/<name>/upper).
+containers = Table(
+    "containers", metadata,
+    Column("name", String, primary_key=True),
+    Column("image_id", String, nullable=False, index=True),
+    Column("created", Float, nullable=False),
+    Column("persistent", Boolean, nullable=False),  # named: kept across mounts; else removed at unmount
+)
+
+#: Live (or stale) mounts, one per mount point.
+mounts = Table(
+    "mounts", metadata,
+    Column("mountpoint", String, primary_key=True),
+    Column("container", String, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("options", Text, nullable=False),  # JSON: read_only, audit
+)
+
+
 def make_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
 

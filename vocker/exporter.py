@@ -18,7 +18,6 @@ from pathlib import Path
 import attrs
 
 from . import bytecode, template, walk
-from .digest import digest_bytes
 from .errors import UsageError, VockerError
 from .parallel import pmap
 from .progress import NullReporter, Reporter
@@ -122,17 +121,10 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
 def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: str, cache_tag: str, lib: str,
                 python: str) -> tuple[int, int]:
     """Write a timestamp pyc beside every library source; compile only what no image had before."""
-    sources = [(rel, e.digest or digest_bytes(e.inline or b"")) for rel, e in files
+    sources = [(rel, e.digest or bytecode.inline_digest(e.inline)) for rel, e in files
                if not e.template and bytecode.wants_pyc(rel, lib)]
-    known = store.cached_pycs(magic, (d for _, d in sources))
-    todo = sorted({d for _, d in sources} - set(known))
-    paths = {d: tmp.joinpath(*rel) for rel, d in sources}
-    fresh: dict[str, bytes | None] = {}
-    if todo:
-        bodies = bytecode.compile_sources(python, [paths[d].read_bytes() for d in todo])
-        fresh = dict(zip(todo, bodies))
-        store.put_blobs({digest_bytes(b): b for b in bodies if b is not None},
-                        pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
+    readers = {d: tmp.joinpath(*rel).read_bytes for rel, d in sources}
+    known, fresh = bytecode.ensure_cached(store, magic, python, readers)
 
     def write(item: tuple[Rel, str]) -> int:
         rel, digest = item
@@ -146,4 +138,4 @@ def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: 
         _write_file(cache_dir / bytecode.pyc_name(rel[-1], cache_tag), bytecode.pyc_header(magic, st.st_mtime, st.st_size) + body, 0o644)
         return 1
 
-    return sum(pmap(write, sources)), len(todo)
+    return sum(pmap(write, sources)), len(fresh)

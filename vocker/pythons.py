@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import json
 import os
 import shutil
 from pathlib import Path
+
+import platformdirs
 
 from .errors import NoInterpreterError
 from .manifest import PythonFacts
 from .venv import probe_interpreter
 
 
+def _cache_file() -> Path:
+    return platformdirs.user_cache_path("vocker", appauthor=False) / "interpreters.json"
+
+
 @functools.lru_cache(maxsize=64)
 def _probe(path: str) -> dict[str, str] | None:
+    """Probe info of an interpreter, remembered on disk per (real path, size, mtime).
+
+    Starting an interpreter costs ~30 ms; every mount and export needs one.
+    """
     try:
-        return probe_interpreter(path)
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), dict):
+        return cache[key]
+    try:
+        info = probe_interpreter(path)
     except NoInterpreterError:
         return None
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = info
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    return info
 
 
 def _candidates(facts: PythonFacts, hint: str | None) -> list[str]:
@@ -53,10 +86,15 @@ def find_interpreter(facts: PythonFacts, hint: str | None = None, explicit: Path
             raise NoInterpreterError(
                 f"{explicit} is {info['implementation']} {info['version']}; the image needs {wanted} (same minor version)")
         return info
-    matches = [i for i in map(_probe, _candidates(facts, hint)) if i is not None and compatible(facts, i)]
+    matches = []
+    for candidate in _candidates(facts, hint):
+        info = _probe(candidate)
+        if info is not None and compatible(facts, info):
+            if info["version"] == facts.version:
+                return info  # the exact version: no need to look further
+            matches.append(info)
     if not matches:
         raise NoInterpreterError(
             f"no Python {facts.minor} ({facts.implementation}) found on this machine; the image was built with "
             f"{wanted}. Install Python {facts.minor}, or pass --python PATH")
-    exact = [i for i in matches if i["version"] == facts.version]
-    return (exact or matches)[0]
+    return matches[0]

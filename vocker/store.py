@@ -249,6 +249,18 @@ class Store:
                 out.update({s: p for s, p in conn.execute(q)})
         return out
 
+    def pyc_bodies(self, magic: str, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """source digest -> (pyc body blob, its size), for sources with cached bytecode."""
+        wanted = list(set(sources))
+        out: dict[str, tuple[str, int]] = {}
+        with self.read() as conn:
+            for i in range(0, len(wanted), 500):
+                q = (select(db.pycs.c.source, db.pycs.c.pyc, db.blobs.c.size)
+                     .join(db.blobs, db.blobs.c.digest == db.pycs.c.pyc)
+                     .where(db.pycs.c.magic == magic, db.pycs.c.source.in_(wanted[i:i + 500])))
+                out.update({s: (p, n) for s, p, n in conn.execute(q)})
+        return out
+
     @staticmethod
     def record_pycs(conn: Connection, magic: str, entries: dict[str, str | None]) -> None:
         rows = [{"source": s, "magic": magic, "pyc": p, "ok": p is not None} for s, p in entries.items()]

@@ -1,0 +1,1 @@
+"""Thin platform drivers that serve a vocker.view.ContainerView (FUSE on Linux/macOS; WinFsp later)."""

@@ -1,0 +1,149 @@
+"""FUSE driver (mfusepy on libfuse3): translates each FUSE call into a ContainerView call.
+
+Options follow the measurements in shared/research/fuse.md: the kernel keeps file
+pages (kernel_cache) and entries/attributes for 60 s, which is safe because every
+change to the container goes through this mount; requests run multi-threaded, so a
+slow store read does not stall other requests; no flush/ioctl/access handlers, to
+save a round trip on every close and open.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # both libfuse2 and 3 may be installed
+
+import mfusepy as fuse  # noqa: E402
+
+from vocker.view import ContainerView, split  # noqa: E402
+
+CACHE_SECONDS = 60
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """OSError -> FuseOSError with the same errno (mfusepy logs other exceptions as EINVAL)."""
+    def wrapped(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise fuse.FuseOSError(exc.errno or 5) from None
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+class VockerFS(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, view: ContainerView, on_ready: Callable[[], None]) -> None:
+        self.view = view
+        self.on_ready = on_ready
+
+    def init(self, path: str) -> None:
+        self.on_ready()
+
+    @_errors
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        a = self.view.getattr(split(path))
+        return {"st_mode": a.mode, "st_size": a.size, "st_mtime": a.mtime_ns, "st_atime": a.atime_ns,
+                "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid}
+
+    @_errors
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.view.readdir(split(path))]
+
+    @_errors
+    def readlink(self, path: str) -> str:
+        return self.view.readlink(split(path))
+
+    @_errors
+    def open(self, path: str, flags: int) -> int:
+        return self.view.open(split(path), flags)
+
+    @_errors
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.view.read(fh, size, offset)
+
+    @_errors
+    def release(self, path: str, fh: int) -> int:
+        self.view.release(fh)
+        return 0
+
+    @_errors
+    def create(self, path: str, mode: int, flags: int) -> int:
+        return self.view.create(split(path), mode, flags)
+
+    @_errors
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.view.write(fh, data, offset)
+
+    @_errors
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self.view.truncate(split(path), length, fh)
+        return 0
+
+    @_errors
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self.view.fsync(fh, bool(datasync))
+        return 0
+
+    @_errors
+    def unlink(self, path: str) -> int:
+        self.view.unlink(split(path))
+        return 0
+
+    @_errors
+    def rmdir(self, path: str) -> int:
+        self.view.rmdir(split(path))
+        return 0
+
+    @_errors
+    def mkdir(self, path: str, mode: int) -> int:
+        self.view.mkdir(split(path), mode)
+        return 0
+
+    @_errors
+    def rename(self, old: str, new: str) -> int:
+        self.view.rename(split(old), split(new))
+        return 0
+
+    @_errors
+    def symlink(self, target: str, source: str) -> int:  # fusepy: link at `target` pointing to `source`
+        self.view.symlink(split(target), source)
+        return 0
+
+    @_errors
+    def link(self, target: str, source: str) -> int:  # fusepy: hard link `target` to existing `source`
+        self.view.link(split(source), split(target))
+        return 0
+
+    @_errors
+    def chmod(self, path: str, mode: int) -> int:
+        self.view.chmod(split(path), mode)
+        return 0
+
+    @_errors
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        self.view.utimens(split(path), times)
+        return 0
+
+    @_errors
+    def statfs(self, path: str) -> dict[str, int]:
+        st = self.view.statfs()
+        return {k: getattr(st, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                                            "f_ffree", "f_favail", "f_namemax")}
+
+
+def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, audit: bool,
+          on_ready: Callable[[], None]) -> None:
+    """Mount and serve until unmounted (blocks)."""
+    options: dict[str, Any] = {
+        "fsname": f"vocker:{name}", "subtype": "vocker", "default_permissions": True,
+        "kernel_cache": True, "entry_timeout": CACHE_SECONDS, "attr_timeout": CACHE_SECONDS,
+        "negative_timeout": CACHE_SECONDS, "auto_unmount": True,
+    }
+    if read_only or audit:
+        options["ro"] = True
+    if audit:
+        options.update(noexec=True, nosuid=True, nodev=True)
+    fuse.FUSE(VockerFS(view, on_ready), mountpoint, foreground=True, nothreads=False, **options)

@@ -1,0 +1,105 @@
+"""Containers (an image plus a writable layer) and their mounts, as recorded in the store."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+from sqlalchemy import delete, select
+
+from . import db
+from .errors import UsageError
+from .store import Store
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@attrs.frozen
+class Container:
+    name: str
+    image_id: str
+    created: float
+    persistent: bool
+
+
+@attrs.frozen
+class MountRecord:
+    mountpoint: str
+    container: str
+    pid: int
+    created: float
+    options: dict[str, Any]
+
+
+def container_dir(store: Store, name: str) -> Path:
+    return store.root / "containers" / name
+
+
+def upper_dir(store: Store, name: str) -> Path:
+    return container_dir(store, name) / "upper"
+
+
+def get(store: Store, name: str) -> Container | None:
+    with store.read() as conn:
+        row = conn.execute(select(db.containers).where(db.containers.c.name == name)).first()
+    return Container(row.name, row.image_id, row.created, row.persistent) if row else None
+
+
+def all_containers(store: Store) -> list[Container]:
+    with store.read() as conn:
+        rows = conn.execute(select(db.containers).order_by(db.containers.c.created)).all()
+    return [Container(r.name, r.image_id, r.created, r.persistent) for r in rows]
+
+
+def create(store: Store, image_ref: str, name: str | None) -> Container:
+    """A container of an image: named ones persist, unnamed ones live for one mount."""
+    if name is not None and not _NAME_RE.match(name):
+        raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-'")
+    image_id = store.resolve(image_ref)
+    persistent = name is not None
+    name = name or "tmp-" + secrets.token_hex(6)
+    upper = upper_dir(store, name)
+    with store.write() as conn:
+        if conn.execute(select(db.containers.c.name).where(db.containers.c.name == name)).first():
+            raise UsageError(f"container {name!r} already exists")
+        conn.execute(db.containers.insert().values(name=name, image_id=image_id, created=time.time(),
+                                                   persistent=persistent))
+        shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
+        upper.mkdir(parents=True)
+        (upper.parent / "work").mkdir()
+    return Container(name, image_id, time.time(), persistent)
+
+
+def remove(store: Store, name: str) -> None:
+    """Forget a container and delete its writable layer (the caller checked it is not mounted)."""
+    with store.write() as conn:
+        conn.execute(delete(db.containers).where(db.containers.c.name == name))
+    shutil.rmtree(container_dir(store, name), ignore_errors=True)
+
+
+def record_mount(store: Store, mountpoint: str, container: str, pid: int, options: dict[str, Any]) -> None:
+    with store.write() as conn:
+        conn.execute(delete(db.mounts).where(db.mounts.c.mountpoint == mountpoint))
+        conn.execute(db.mounts.insert().values(mountpoint=mountpoint, container=container, pid=pid,
+                                               created=time.time(), options=json.dumps(options)))
+
+
+def forget_mount(store: Store, mountpoint: str) -> None:
+    with store.write() as conn:
+        conn.execute(delete(db.mounts).where(db.mounts.c.mountpoint == mountpoint))
+
+
+def mounts(store: Store) -> list[MountRecord]:
+    with store.read() as conn:
+        rows = conn.execute(select(db.mounts).order_by(db.mounts.c.created)).all()
+    return [MountRecord(r.mountpoint, r.container, r.pid, r.created, json.loads(r.options)) for r in rows]
+
+
+def mount_of(store: Store, mountpoint: str) -> MountRecord | None:
+    return next((m for m in mounts(store) if m.mountpoint == mountpoint), None)

@@ -1,0 +1,657 @@
+"""A container's filesystem, independent of any mount driver.
+
+The view merges, like kernel overlayfs and OCI layers:
+- the *lower* layer: the image's Merkle tree read straight from the store (trees
+  loaded lazily, contents decompressed on demand), plus what is generated for the
+  path in use: rendered templates, venv scaffolding and cached bytecode;
+- the *upper* layer: a plain directory that receives every change. Deletions are
+  OCI whiteouts (an empty ``.wh.<name>``), a re-created directory is marked
+  opaque (``.wh..wh..opq``), so the layer exports losslessly as an OCI layer.
+
+Paths are tuples of names. Methods raise OSError with an errno, which drivers
+(FUSE, WinFsp) pass on. Everything that changes the upper layer goes through
+here, which is what lets the in-memory index of it (and the kernel's long cache
+timeouts) stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import Union
+
+import attrs
+from cachetools import LRUCache
+
+from . import bytecode, template
+from .blobstore import BlobReader
+from .errors import VockerError
+from .manifest import Manifest
+from .scaffold import File, Link, scaffold
+from .store import Store
+from .tree import Entry, Kind
+
+log = logging.getLogger("vocker.view")
+
+Parts = tuple[str, ...]
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+#: Contents up to this size are kept decoded in memory after their first read.
+SMALL = 4 << 20
+
+
+def split(path: str) -> Parts:
+    return tuple(p for p in path.split("/") if p)
+
+
+def _err(code: int, parts: Parts = ()) -> OSError:
+    return OSError(code, os.strerror(code), "/" + "/".join(parts))
+
+
+@attrs.frozen
+class Lower:
+    """A node of the read-only layer: stored (``entry``) or generated (``data``/``target``)."""
+
+    kind: Kind
+    executable: bool = False
+    entry: Entry | None = None
+    data: bytes | None = None
+    target: str | None = None
+    #: for a generated __pycache__ dir: the directory whose sources it holds
+    pyc_dir: Parts | None = None
+    #: for a generated pyc: (pyc body digest, body size, source size)
+    pyc: tuple[str, int, int] | None = None
+
+
+@attrs.define
+class UpperDir:
+    names: set[str]
+    whiteouts: set[str]
+    opaque: bool
+
+
+@attrs.frozen
+class Found:
+    upper: bool  # present in the upper layer
+    lower: Lower | None  # visible in the lower layer (even when the upper one shadows it)
+    lower_below: bool  # lower children of this directory are visible (not opaque)
+
+    @property
+    def kind_is_dir_lower(self) -> bool:
+        return self.lower is not None and self.lower.kind is Kind.DIR
+
+
+@attrs.frozen
+class Attr:
+    mode: int
+    size: int
+    mtime_ns: int
+    atime_ns: int
+    ctime_ns: int
+    nlink: int
+    uid: int
+    gid: int
+
+
+@attrs.define
+class _UpperHandle:
+    fd: int
+
+
+@attrs.define
+class _LowerHandle:
+    data: bytes | None
+    reader: BlobReader | None
+
+
+Handle = Union[_UpperHandle, _LowerHandle]
+
+
+class ContainerView:
+    def __init__(self, store: Store, image_id: str, root: str, upper: Path | None, *,
+                 interpreter: dict[str, str] | None = None, mtime_ns: int | None = None,
+                 audit: bool = False) -> None:
+        """``root`` is where the view is mounted (templates render for it); ``upper`` None: read-only.
+
+        ``interpreter`` (probe info of a host Python) enables venv scaffolding and bytecode;
+        ``audit`` shows templates with placeholders and no exec bits, as ``export --audit``.
+        """
+        self.audit = audit
+        self.store = store
+        self.manifest: Manifest = store.manifest(image_id)
+        if len(self.manifest.layers) != 1:
+            raise VockerError(f"images with {len(self.manifest.layers)} layers are not supported yet")
+        self.root_bytes = os.fsencode(root)
+        self.upper = upper
+        self.work = upper.parent / "work" if upper is not None else None
+        record = store.image(image_id)
+        self.mtime_ns = mtime_ns if mtime_ns is not None else int(record.created) * 10**9
+        self.uid, self.gid = os.getuid(), os.getgid()
+        facts = self.manifest.python
+        self.facts = facts
+        self._lock = threading.RLock()
+        self._children: LRUCache = LRUCache(maxsize=50000)
+        self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
+        self._contents_lock = threading.Lock()
+        self._verified: set[str] = set()
+        self._upper_dirs: dict[Parts, UpperDir | None] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next = itertools.count(1)
+        self._virtual: dict[Parts, dict[str, Lower]] = {}
+        if facts is not None and interpreter is not None:
+            for rel, item in scaffold(root, facts, interpreter).items():
+                parts = split(rel)
+                node = (Lower(Kind.SYMLINK, target=item.target) if isinstance(item, Link)
+                        else Lower(Kind.FILE, executable=item.executable, data=item.data))
+                self._virtual.setdefault(parts[:-1], {})[parts[-1]] = node
+        self._pycs = facts is not None and interpreter is not None
+        self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
+        if self.work is not None:
+            self.work.mkdir(parents=True, exist_ok=True)
+
+    # -- the lower layer -------------------------------------------------------
+
+    def _lower_children(self, parts: Parts) -> dict[str, Lower] | None:
+        hit = self._children.get(parts)
+        if hit is not None:
+            return hit
+        node = self._lower(parts)
+        if node is None or node.kind is not Kind.DIR:
+            return None
+        children: dict[str, Lower] = {}
+        entries: tuple[Entry, ...] = ()
+        if node.entry is not None:
+            entries = self.store.tree(node.entry.digest).entries  # type: ignore[arg-type]
+            for e in entries:
+                children[e.name] = Lower(e.kind, executable=e.executable, entry=e, target=e.target)
+        for name, extra in self._virtual.get(parts, {}).items():
+            children.setdefault(name, extra)  # the image's own file wins
+        for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
+            children.setdefault(sub, Lower(Kind.DIR))
+        if node.pyc_dir is not None:
+            children.update(self._pyc_nodes(node.pyc_dir))
+        elif self._pycs and "__pycache__" not in children and any(
+                e.name.endswith(".py") and not e.template and e.kind is Kind.FILE for e in entries) and \
+                bytecode.in_lib(parts, self.facts.lib):  # type: ignore[union-attr]
+            children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
+        self._children[parts] = children
+        return children
+
+    def _pyc_nodes(self, src_dir: Parts) -> dict[str, Lower]:
+        assert self.facts is not None
+        sources = {e.name: e for e in self.store.tree(self._lower(src_dir).entry.digest).entries  # type: ignore[union-attr,arg-type]
+                   if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
+        digests = {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
+        bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
+        out = {}
+        for name, d in digests.items():
+            if d in bodies:
+                pyc_digest, size = bodies[d]
+                out[bytecode.pyc_name(name, self.facts.cache_tag)] = Lower(
+                    Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
+        return out
+
+    def _lower(self, parts: Parts) -> Lower | None:
+        if not parts:
+            return self._root
+        siblings = self._lower_children(parts[:-1])
+        return siblings.get(parts[-1]) if siblings is not None else None
+
+    def _lower_size(self, node: Lower) -> int:
+        if node.kind is Kind.DIR:
+            return 4096
+        if node.kind is Kind.SYMLINK:
+            return len(os.fsencode(node.target or ""))
+        if node.pyc is not None:
+            return 16 + node.pyc[1]
+        if node.data is not None:
+            return len(node.data)
+        assert node.entry is not None
+        return len(self._small_content(node)) if node.entry.template else node.entry.size
+
+    def _small_content(self, node: Lower) -> bytes:
+        """Whole content of a small or generated file (verified, rendered)."""
+        if node.data is not None:
+            return node.data
+        key: str
+        if node.pyc is not None:
+            key = "pyc:" + node.pyc[0]
+        else:
+            assert node.entry is not None
+            key = (node.entry.digest or "") + ("+tpl" if node.entry.template else "")
+            if node.entry.inline is not None and not node.entry.template:
+                return node.entry.inline
+        with self._contents_lock:
+            hit = self._contents.get(key)
+        if hit is not None:
+            return hit
+        try:
+            if node.pyc is not None:
+                assert self.facts is not None
+                data = bytecode.pyc_header(self.facts.magic, self.mtime_ns / 1e9, node.pyc[2]) + \
+                    self.store.read_blob(node.pyc[0])
+            else:
+                e = node.entry
+                raw = e.inline if e.inline is not None else self.store.read_blob(e.digest)  # type: ignore[union-attr,arg-type]
+                if e.template:  # type: ignore[union-attr]
+                    parts = template.decode(raw)
+                    data = template.render_placeholders(parts) if self.audit else template.render(parts, self.root_bytes)
+                else:
+                    data = raw
+        except VockerError as exc:
+            log.error("%s", exc)  # names the digest: the operator can run vocker verify
+            raise _err(errno.EIO) from None
+        if key and len(data) <= SMALL:
+            with self._contents_lock:
+                self._contents[key] = data
+        return data
+
+    def _open_lower(self, node: Lower) -> _LowerHandle:
+        e = node.entry
+        if node.data is not None or node.pyc is not None or e is None or e.inline is not None or e.template \
+                or e.size <= SMALL:
+            return _LowerHandle(self._small_content(node), None)
+        assert e.digest is not None
+        try:
+            info = self.store.blob_info(e.digest)
+            if e.digest not in self._verified:
+                self.store.blobs.verify(e.digest, info.codec, info.size)
+                self._verified.add(e.digest)
+            return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec))
+        except (VockerError, OSError) as exc:
+            log.error("cannot read blob %s: %s", e.digest, exc)
+            raise _err(errno.EIO) from None
+
+    # -- the upper layer -------------------------------------------------------
+
+    def _upath(self, parts: Parts) -> str:
+        assert self.upper is not None
+        return os.path.join(self.upper, *parts)
+
+    def _upper_dir(self, parts: Parts) -> UpperDir | None:
+        if self.upper is None:
+            return None
+        try:
+            return self._upper_dirs[parts]
+        except KeyError:
+            pass
+        try:  # O_NOFOLLOW: an upper symlink is never a directory of the view
+            fd = os.open(self._upath(parts), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            ud = None
+        else:
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+            wh = {n[len(WHITEOUT):] for n in names if n.startswith(WHITEOUT) and n != OPAQUE}
+            ud = UpperDir({n for n in names if not n.startswith(WHITEOUT)}, wh, OPAQUE in names)
+        self._upper_dirs[parts] = ud
+        return ud
+
+    def _upper_is_dir(self, parts: Parts) -> bool:
+        return self._upper_dir(parts) is not None
+
+    def find(self, parts: Parts) -> Found:
+        """Where ``parts`` lives; ENOENT/ENOTDIR like a lookup would. No syscalls once warm."""
+        lower_ok = True
+        in_upper = self.upper is not None  # the root always exists in the upper layer
+        for i, name in enumerate(parts):
+            here = parts[:i]
+            ud = self._upper_dir(here) if in_upper else None
+            if in_upper and ud is None:
+                raise _err(errno.ENOTDIR, parts)  # an upper file or symlink in the middle of the path
+            if ud is not None and ud.opaque:
+                lower_ok = False
+            if ud is None:
+                node = self._lower(here) if lower_ok else None
+                if node is None:
+                    raise _err(errno.ENOENT, parts)
+                if node.kind is not Kind.DIR:
+                    raise _err(errno.ENOTDIR, parts)
+                in_upper = False
+            else:
+                if name in ud.whiteouts:
+                    raise _err(errno.ENOENT, parts)
+                in_upper = name in ud.names
+        lower = self._lower(parts) if lower_ok else None
+        if not in_upper and lower is None:
+            raise _err(errno.ENOENT, parts)
+        own = self._upper_dir(parts) if in_upper else None
+        return Found(in_upper, lower, lower_ok and not (own is not None and own.opaque))
+
+    # -- reading ---------------------------------------------------------------
+
+    def getattr(self, parts: Parts) -> Attr:
+        found = self.find(parts)
+        if found.upper:
+            st = os.lstat(self._upath(parts))
+            return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_nlink,
+                        st.st_uid, st.st_gid)
+        node = found.lower
+        assert node is not None
+        if node.kind is Kind.DIR:
+            mode = stat.S_IFDIR | 0o755
+        elif node.kind is Kind.SYMLINK:
+            mode = stat.S_IFLNK | 0o777
+        else:
+            mode = stat.S_IFREG | (0o755 if node.executable and not self.audit else 0o644)
+        t = self.mtime_ns
+        return Attr(mode, self._lower_size(node), t, t, t, 2 if node.kind is Kind.DIR else 1, self.uid, self.gid)
+
+    def readdir(self, parts: Parts) -> list[str]:
+        found = self.find(parts)
+        names: set[str] = set()
+        if found.upper:
+            ud = self._upper_dir(parts)
+            if ud is None:
+                raise _err(errno.ENOTDIR, parts)
+            names |= ud.names
+            hidden = ud.whiteouts
+        else:
+            hidden = set()
+            if found.lower is None or found.lower.kind is not Kind.DIR:
+                raise _err(errno.ENOTDIR, parts)
+        if found.lower_below and found.kind_is_dir_lower:
+            names |= set(self._lower_children(parts) or ()) - hidden
+        return sorted(names)
+
+    def readlink(self, parts: Parts) -> str:
+        found = self.find(parts)
+        if found.upper:
+            return os.readlink(self._upath(parts))
+        if found.lower is None or found.lower.kind is not Kind.SYMLINK:
+            raise _err(errno.EINVAL, parts)
+        return found.lower.target or ""
+
+    def open(self, parts: Parts, flags: int) -> int:
+        writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND)
+        if writing:
+            self._writable(parts)
+            with self._lock:
+                self._copy_up(parts, self.find(parts))
+        found = self.find(parts)
+        if found.upper:
+            fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
+            handle: Handle = _UpperHandle(fd)
+        else:
+            assert found.lower is not None
+            if found.lower.kind is Kind.DIR:
+                raise _err(errno.EISDIR, parts)
+            handle = self._open_lower(found.lower)
+        fh = next(self._next)
+        self._handles[fh] = handle
+        return fh
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        h = self._handles[fh]
+        if isinstance(h, _UpperHandle):
+            return os.pread(h.fd, size, offset)
+        if h.data is not None:
+            return h.data[offset:offset + size]
+        assert h.reader is not None
+        return h.reader.pread(size, offset)
+
+    def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if isinstance(h, _UpperHandle):
+            os.close(h.fd)
+        elif h is not None and h.reader is not None:
+            h.reader.close()
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.upper if self.upper is not None else self.store.root)
+
+    # -- writing ---------------------------------------------------------------
+
+    def _writable(self, parts: Parts = ()) -> None:
+        if self.upper is None:
+            raise _err(errno.EROFS, parts)
+
+    def _check_new_name(self, parts: Parts) -> None:
+        if not parts or parts[-1].startswith(WHITEOUT):
+            raise _err(errno.EINVAL, parts)  # reserved for whiteouts, as in OCI layers
+
+    def _ensure_upper_dir(self, parts: Parts) -> None:
+        """Make ``parts`` (a directory of the merged view) exist in the upper layer."""
+        for i in range(len(parts)):
+            parent, name = parts[:i], parts[i]
+            ud = self._upper_dir(parent)
+            assert ud is not None
+            if name not in ud.names:
+                os.mkdir(self._upath(parts[:i + 1]), 0o755)
+                ud.names.add(name)
+                self._upper_dirs[parts[:i + 1]] = UpperDir(set(), set(), False)
+
+    def _copy_up(self, parts: Parts, found: Found) -> None:
+        """Give the upper layer its own copy of a lower-only node, keeping mode and content."""
+        if found.upper:
+            return
+        node = found.lower
+        assert node is not None and self.work is not None
+        self._ensure_upper_dir(parts[:-1])
+        target = self._upath(parts)
+        if node.kind is Kind.DIR:
+            os.mkdir(target, 0o755)
+            self._upper_dirs[parts] = UpperDir(set(), set(), False)
+        elif node.kind is Kind.SYMLINK:
+            os.symlink(node.target or "", target)
+        else:
+            handle = self._open_lower(node)
+            fd, tmp = tempfile.mkstemp(dir=self.work)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    if handle.data is not None:
+                        f.write(handle.data)
+                    else:
+                        assert handle.reader is not None
+                        offset = 0
+                        while chunk := handle.reader.pread(1 << 20, offset):
+                            f.write(chunk)
+                            offset += len(chunk)
+                os.chmod(tmp, 0o755 if node.executable else 0o644)
+                os.utime(tmp, ns=(self.mtime_ns, self.mtime_ns))
+                os.rename(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                if handle.reader is not None:
+                    handle.reader.close()
+        ud = self._upper_dir(parts[:-1])
+        assert ud is not None
+        ud.names.add(parts[-1])
+
+    def _whiteout(self, parts: Parts) -> None:
+        self._ensure_upper_dir(parts[:-1])
+        ud = self._upper_dir(parts[:-1])
+        assert ud is not None
+        with open(os.path.join(self._upath(parts[:-1]), WHITEOUT + parts[-1]), "wb"):
+            pass
+        ud.whiteouts.add(parts[-1])
+
+    def _drop_whiteout(self, parts: Parts) -> bool:
+        ud = self._upper_dir(parts[:-1])
+        if ud is None or parts[-1] not in ud.whiteouts:
+            return False
+        os.unlink(os.path.join(self._upath(parts[:-1]), WHITEOUT + parts[-1]))
+        ud.whiteouts.discard(parts[-1])
+        return True
+
+    def _is_dir(self, parts: Parts, found: Found) -> bool:
+        if found.upper:
+            return self._upper_is_dir(parts)
+        return found.lower is not None and found.lower.kind is Kind.DIR
+
+    def _exists(self, parts: Parts) -> Found | None:
+        try:
+            return self.find(parts)
+        except FileNotFoundError:
+            return None
+
+    def _prepare_new(self, parts: Parts) -> bool:
+        """Ready the upper layer for a new node at ``parts``; True if it replaces a deleted one."""
+        self._writable(parts)
+        self._check_new_name(parts)
+        parent = self.find(parts[:-1])
+        if parent.upper is False and (parent.lower is None or parent.lower.kind is not Kind.DIR):
+            raise _err(errno.ENOTDIR, parts)
+        if self._exists(parts) is not None:
+            raise _err(errno.EEXIST, parts)
+        self._ensure_upper_dir(parts[:-1])
+        return self._drop_whiteout(parts)
+
+    def create(self, parts: Parts, mode: int, flags: int) -> int:
+        with self._lock:
+            self._prepare_new(parts)
+            fd = os.open(self._upath(parts), (flags | os.O_CREAT | os.O_EXCL) | getattr(os, "O_CLOEXEC", 0),
+                         mode & 0o7777)
+            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+        fh = next(self._next)
+        self._handles[fh] = _UpperHandle(fd)
+        return fh
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        h = self._handles[fh]
+        if not isinstance(h, _UpperHandle):
+            raise _err(errno.EBADF)
+        return os.pwrite(h.fd, data, offset)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles.get(fh)
+        if isinstance(h, _UpperHandle):
+            (os.fdatasync if datasync else os.fsync)(h.fd)
+
+    def truncate(self, parts: Parts, length: int, fh: int | None = None) -> None:
+        h = self._handles.get(fh) if fh is not None else None
+        if isinstance(h, _UpperHandle):
+            os.ftruncate(h.fd, length)
+            return
+        self._writable(parts)
+        with self._lock:
+            self._copy_up(parts, self.find(parts))
+            os.truncate(self._upath(parts), length)
+
+    def mkdir(self, parts: Parts, mode: int) -> None:
+        with self._lock:
+            replaced = self._prepare_new(parts)
+            os.mkdir(self._upath(parts), mode & 0o7777)
+            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            opaque = replaced or self._lower(parts) is not None
+            if opaque:  # delete-then-recreate: the old lower contents must stay gone
+                with open(os.path.join(self._upath(parts), OPAQUE), "wb"):
+                    pass
+            self._upper_dirs[parts] = UpperDir(set(), set(), opaque)
+
+    def symlink(self, parts: Parts, target: str) -> None:
+        with self._lock:
+            self._prepare_new(parts)
+            os.symlink(target, self._upath(parts))
+            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+
+    def link(self, existing: Parts, parts: Parts) -> None:
+        with self._lock:
+            self._writable(parts)
+            src = self.find(existing)
+            if self._is_dir(existing, src):
+                raise _err(errno.EPERM, existing)
+            self._copy_up(existing, src)
+            self._prepare_new(parts)
+            os.link(self._upath(existing), self._upath(parts), follow_symlinks=False)
+            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+
+    def unlink(self, parts: Parts) -> None:
+        with self._lock:
+            self._writable(parts)
+            found = self.find(parts)
+            if found.upper:
+                if self._is_dir(parts, found):
+                    raise _err(errno.EISDIR, parts)
+                os.unlink(self._upath(parts))
+                self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
+            elif found.lower is not None and found.lower.kind is Kind.DIR:
+                raise _err(errno.EISDIR, parts)
+            if found.lower is not None:
+                self._whiteout(parts)
+
+    def rmdir(self, parts: Parts) -> None:
+        with self._lock:
+            self._writable(parts)
+            if not parts:
+                raise _err(errno.EBUSY)
+            found = self.find(parts)
+            if not self._is_dir(parts, found):
+                raise _err(errno.ENOTDIR, parts)
+            if self.readdir(parts):
+                raise _err(errno.ENOTEMPTY, parts)
+            if found.upper:
+                shutil.rmtree(self._upath(parts))  # holds only whiteouts and markers now
+                self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
+                for key in [k for k in self._upper_dirs if k[:len(parts)] == parts]:
+                    del self._upper_dirs[key]
+            if found.lower is not None:
+                self._whiteout(parts)
+
+    def rename(self, old: Parts, new: Parts) -> None:
+        with self._lock:
+            self._writable(old)
+            self._check_new_name(new)
+            src = self.find(old)
+            src_is_dir = self._is_dir(old, src)
+            if src_is_dir and src.lower is not None:
+                raise _err(errno.EXDEV, old)  # as overlayfs without redirect_dir: mv copies instead
+            if new[:len(old)] == old and len(new) > len(old):
+                raise _err(errno.EINVAL, new)
+            dst = self._exists(new)
+            if dst is not None:
+                dst_is_dir = self._is_dir(new, dst)
+                if src_is_dir and not dst_is_dir:
+                    raise _err(errno.ENOTDIR, new)
+                if dst_is_dir and not src_is_dir:
+                    raise _err(errno.EISDIR, new)
+                if dst_is_dir:
+                    if self.readdir(new):
+                        raise _err(errno.ENOTEMPTY, new)
+                    if dst.lower is not None:
+                        raise _err(errno.EXDEV, new)
+            parent = self.find(new[:-1])
+            if not parent.upper and (parent.lower is None or parent.lower.kind is not Kind.DIR):
+                raise _err(errno.ENOTDIR, new)
+            self._copy_up(old, src)
+            self._ensure_upper_dir(new[:-1])
+            self._drop_whiteout(new)
+            os.rename(self._upath(old), self._upath(new))
+            self._upper_dir(old[:-1]).names.discard(old[-1])  # type: ignore[union-attr]
+            self._upper_dir(new[:-1]).names.add(new[-1])  # type: ignore[union-attr]
+            if src_is_dir:
+                for key in [k for k in self._upper_dirs if k[:len(old)] == old]:
+                    del self._upper_dirs[key]
+                for key in [k for k in self._upper_dirs if k[:len(new)] == new]:
+                    del self._upper_dirs[key]
+            if src.lower is not None:
+                self._whiteout(old)  # the lower file must not reappear under its old name
+
+    def chmod(self, parts: Parts, mode: int) -> None:
+        with self._lock:
+            self._writable(parts)
+            self._copy_up(parts, self.find(parts))
+            os.chmod(self._upath(parts), mode & 0o7777)
+
+    def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
+        with self._lock:
+            self._writable(parts)
+            self._copy_up(parts, self.find(parts))
+            os.utime(self._upath(parts), ns=times, follow_symlinks=False)
+
+    def close(self) -> None:
+        for fh in list(self._handles):
+            self.release(fh)
