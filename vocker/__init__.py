@@ -1,3 +1,16 @@
 """vocker: reproducible Python environment images in a content-addressed store."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "mount"]
+
+
+def __getattr__(name: str) -> Any:  # keep `import vocker` light: the API pulls in the store
+    if name == "mount":
+        from .api import mount
+
+        return mount
+    raise AttributeError(name)

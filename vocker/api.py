@@ -1,0 +1,23 @@
+"""The Python API: ``with vocker.mount("myenv:latest") as path: ...``."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from .mounting import mounted
+from .store import Store
+
+
+@contextlib.contextmanager
+def mount(ref: str, path: str | Path | None = None, *, read_only: bool = False,
+          home: str | Path | None = None, python: str | Path | None = None) -> Iterator[Path]:
+    """Mount an image (throw-away writable layer) or a named container; always unmounts.
+
+    ``path`` defaults to a new temporary directory; ``home`` to the default store.
+    """
+    store = Store.open(Path(home) if home is not None else None)
+    with mounted(store, ref, Path(path) if path is not None else None, read_only=read_only,
+                 python=Path(python) if python is not None else None) as where:
+        yield where

@@ -1,0 +1,32 @@
+"""pytest plugin (registered through the ``pytest11`` entry point): mount images in tests.
+
+    def test_app(vocker_mount):
+        env = vocker_mount("myapp:latest")          # a fresh temporary mount
+        subprocess.run([env / "bin" / "python", "-c", "import myapp"], check=True)
+
+Every mount made through the fixture is unmounted when the test ends, pass or fail;
+if the test process is killed outright, the mount daemon notices and unmounts itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+
+@pytest.fixture
+def vocker_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
+    """Factory ``vocker_mount(ref, *, read_only=False, home=None) -> Path``."""
+    from .api import mount
+
+    stack = contextlib.ExitStack()
+
+    def _mount(ref: str, *, read_only: bool = False, home: str | Path | None = None) -> Path:
+        where = tmp_path_factory.mktemp("vocker-mount")
+        return stack.enter_context(mount(ref, where, read_only=read_only, home=home))
+
+    with stack:
+        yield _mount
