@@ -9,6 +9,7 @@ save a round trip on every close and open.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any, Callable
 
@@ -19,6 +20,10 @@ import mfusepy as fuse  # noqa: E402
 from vocker.view import ContainerView, split  # noqa: E402
 
 CACHE_SECONDS = 60
+
+_invalidate_path = fuse._libfuse.fuse_invalidate_path
+_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_invalidate_path.restype = ctypes.c_int
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,9 +43,17 @@ class VockerFS(fuse.Operations):
     def __init__(self, view: ContainerView, on_ready: Callable[[], None]) -> None:
         self.view = view
         self.on_ready = on_ready
+        self._fuse: Any = None
+        view.invalidate = self._invalidate
 
     def init(self, path: str) -> None:
+        self._fuse = fuse._libfuse.fuse_get_context().contents.fuse
         self.on_ready()
+
+    def _invalidate(self, parts: tuple[str, ...]) -> None:
+        """Drop the kernel's cached attributes and pages of a path (libfuse >= 3.1)."""
+        if self._fuse is not None:
+            _invalidate_path(self._fuse, ("/" + "/".join(parts)).encode("utf-8", "surrogateescape"))
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
@@ -120,6 +133,11 @@ class VockerFS(fuse.Operations):
     @_errors
     def chmod(self, path: str, mode: int) -> int:
         self.view.chmod(split(path), mode)
+        return 0
+
+    @_errors
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self.view.chown(split(path), uid, gid)
         return 0
 
     @_errors

@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import attrs
 from cachetools import LRUCache
@@ -104,6 +104,8 @@ class Attr:
 @attrs.define
 class _UpperHandle:
     fd: int
+    parts: Parts = ()
+    written: bool = False
 
 
 @attrs.define
@@ -153,6 +155,9 @@ class ContainerView:
                         else Lower(Kind.FILE, executable=item.executable, data=item.data))
                 self._virtual.setdefault(parts[:-1], {})[parts[-1]] = node
         self._pycs = facts is not None and interpreter is not None
+        #: Called with the other names of a hard-linked upper file after it changed, so
+        #: the driver can drop the kernel's cached pages and attributes for them.
+        self.invalidate: Callable[[Parts], None] | None = None
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
         if self.work is not None:
             self.work.mkdir(parents=True, exist_ok=True)
@@ -381,7 +386,7 @@ class ContainerView:
         found = self.find(parts)
         if found.upper:
             fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
-            handle: Handle = _UpperHandle(fd)
+            handle: Handle = _UpperHandle(fd, parts)
         else:
             assert found.lower is not None
             if found.lower.kind is Kind.DIR:
@@ -403,7 +408,11 @@ class ContainerView:
     def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if isinstance(h, _UpperHandle):
-            os.close(h.fd)
+            try:
+                if h.written:
+                    self._invalidate_links(h.parts, os.fstat(h.fd))
+            finally:
+                os.close(h.fd)
         elif h is not None and h.reader is not None:
             h.reader.close()
 
@@ -517,13 +526,14 @@ class ContainerView:
                          mode & 0o7777)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
         fh = next(self._next)
-        self._handles[fh] = _UpperHandle(fd)
+        self._handles[fh] = _UpperHandle(fd, parts)
         return fh
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         h = self._handles[fh]
         if not isinstance(h, _UpperHandle):
             raise _err(errno.EBADF)
+        h.written = True
         return os.pwrite(h.fd, data, offset)
 
     def fsync(self, fh: int, datasync: bool) -> None:
@@ -535,6 +545,7 @@ class ContainerView:
         h = self._handles.get(fh) if fh is not None else None
         if isinstance(h, _UpperHandle):
             os.ftruncate(h.fd, length)
+            h.written = True
             return
         self._writable(parts)
         with self._lock:
@@ -568,6 +579,7 @@ class ContainerView:
             self._prepare_new(parts)
             os.link(self._upath(existing), self._upath(parts), follow_symlinks=False)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            self._invalidate_links(parts, os.lstat(self._upath(parts)))  # their link count changed
 
     def unlink(self, parts: Parts) -> None:
         with self._lock:
@@ -576,7 +588,10 @@ class ContainerView:
             if found.upper:
                 if self._is_dir(parts, found):
                     raise _err(errno.EISDIR, parts)
+                st = os.lstat(self._upath(parts))
                 os.unlink(self._upath(parts))
+                if st.st_nlink > 1:
+                    self._invalidate_links(parts, st)
                 self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
             elif found.lower is not None and found.lower.kind is Kind.DIR:
                 raise _err(errno.EISDIR, parts)
@@ -646,11 +661,36 @@ class ContainerView:
             self._copy_up(parts, self.find(parts))
             os.chmod(self._upath(parts), mode & 0o7777)
 
+    def chown(self, parts: Parts, uid: int, gid: int) -> None:
+        with self._lock:
+            self._writable(parts)
+            self._copy_up(parts, self.find(parts))
+            os.chown(self._upath(parts), uid, gid, follow_symlinks=False)
+
     def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
         with self._lock:
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.utime(self._upath(parts), ns=times, follow_symlinks=False)
+
+    def _invalidate_links(self, parts: Parts, st: os.stat_result) -> None:
+        """Hard links within the upper layer are separate kernel inodes: refresh the other names."""
+        if self.invalidate is None or st.st_nlink <= 1:
+            return
+        assert self.upper is not None
+        for dirpath, _dirs, files in os.walk(self.upper):  # rare: only for multiply-linked files
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if name.startswith(WHITEOUT):
+                    continue
+                try:
+                    other = os.lstat(path)
+                except OSError:
+                    continue
+                if other.st_ino == st.st_ino and other.st_dev == st.st_dev:
+                    rel = split(os.path.relpath(path, self.upper))
+                    if rel != parts:
+                        self.invalidate(rel)
 
     def close(self) -> None:
         for fh in list(self._handles):
