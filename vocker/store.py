@@ -223,6 +223,11 @@ class Store:
             if tag is not None and len(names) > 1:
                 conn.execute(delete(db.tags).where(db.tags.c.name == tag))
                 return image_id, False
+            users = list(conn.scalars(select(db.containers.c.name).where(db.containers.c.image_id == image_id)))
+            if users:
+                raise UsageError(f"image {ref} is used by container(s) {', '.join(sorted(users))}; "
+                                 "remove them first ('vocker rm')")
+            conn.execute(delete(db.pyc_images).where(db.pyc_images.c.image_id == image_id))
             conn.execute(delete(db.tags).where(db.tags.c.image_id == image_id))
             conn.execute(delete(db.images).where(db.images.c.id == image_id))
             conn.execute(delete(db.objects).where(db.objects.c.digest == image_id))
