@@ -54,13 +54,19 @@ def encode(data: bytes) -> tuple[bytes, str]:
     return data, RAW
 
 
-def decode(stored: bytes, codec: str) -> bytes:
+def decode(stored: bytes, codec: str, digest: str = "") -> bytes:
+    """Stored bytes back to content; the seekable format's seek table is checked too,
+    since range reads (the mount layer) rely on it."""
     if codec == RAW:
         return stored
     try:
-        return pyzstd.decompress(stored)
-    except pyzstd.ZstdError as exc:
-        raise IntegrityError(f"corrupt compressed data ({exc})") from None
+        with pyzstd.SeekableZstdFile(io.BytesIO(stored), "r") as f:
+            data = f.read()
+            if f.seek(0, io.SEEK_END) != len(data):  # the seek table disagrees with the frames
+                raise pyzstd.SeekableFormatError("seek table does not match the frames")
+            return data
+    except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
+        raise IntegrityError(f"corrupt blob {digest} (bad compressed data: {exc})") from None
 
 
 @attrs.define
@@ -115,7 +121,7 @@ class BlobFiles:
             stored = self.path(digest).read_bytes()
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
-        data = decode(stored, codec)
+        data = decode(stored, codec, digest)
         if (size is not None and len(data) != size) or digest_bytes(data) != digest:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return data
@@ -135,6 +141,8 @@ class BlobFiles:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     total += len(chunk)
+                if codec == ZSTD and f.seek(0, io.SEEK_END) != total:
+                    raise pyzstd.SeekableFormatError("seek table does not match the frames")
             except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
                 raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
         if total != size or f"sha256:{h.hexdigest()}" != digest:

@@ -335,7 +335,9 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="vocker", standalone_mode=False)
+        # Not cli.main(): it turns Ctrl-C into click's Abort after printing a blank line.
+        with cli.make_context("vocker", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
@@ -343,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"vocker: error: {exc.format_message()}{hint}", markup=False)
         sys.exit(2)
     except click.Abort:
-        err.print("vocker: interrupted", markup=False)
-        sys.exit(130)
+        err.print("vocker: aborted", markup=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("vocker: interrupted; nothing was recorded", markup=False)
         sys.exit(130)

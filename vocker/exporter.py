@@ -55,6 +55,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     facts = manifest.python if manifest.kind == "venv" and not audit else None
     interpreter = find_interpreter(facts, record.provenance.get("base_interpreter"), python) if facts else None
     root = os.fsencode(str(dest))
+    made = next((p for p in reversed(dest.parents) if not p.exists()), None)  # outermost parent we create
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.vocker-", dir=dest.parent))
     try:
@@ -104,6 +105,8 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     return ExportResult(image_id, dest, len(files), sum(e.size for _, e in files), pycs, compiled,
                         interpreter["executable"] if interpreter else None, time.perf_counter() - started)

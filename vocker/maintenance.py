@@ -24,8 +24,8 @@ class Reach:
 
     trees: set[str] = attrs.field(factory=set)
     blobs: set[str] = attrs.field(factory=set)
-    #: digests of all file contents, inline ones included (the bytecode cache is keyed by them)
-    contents: set[str] = attrs.field(factory=set)
+    #: sizes of all file contents by digest, inline ones included (the bytecode cache is keyed by them)
+    contents: dict[str, int] = attrs.field(factory=dict)
     #: objects that could not be read: digest -> (kind, reason)
     broken: dict[str, tuple[str, str]] = attrs.field(factory=dict)
 
@@ -54,9 +54,9 @@ def reach(store: Store, image_id: str) -> Reach:
             elif e.kind is Kind.FILE:
                 if e.digest is not None:
                     out.blobs.add(e.digest)
-                    out.contents.add(e.digest)
+                    out.contents[e.digest] = e.size
                 else:
-                    out.contents.add(digest_bytes(e.inline or b""))
+                    out.contents[digest_bytes(e.inline or b"")] = e.size
     return out
 
 
@@ -69,7 +69,8 @@ class Problem:
 
     def line(self) -> str:
         affected = ", ".join(self.images) if self.images else "no image (bytecode cache only)"
-        return f"{self.reason} — affects {affected}"
+        reason = self.reason if self.digest in self.reason else f"{self.kind} {self.digest}: {self.reason}"
+        return f"{reason} — affects {affected}"
 
 
 def _display(store: Store) -> dict[str, str]:
@@ -133,7 +134,7 @@ def gc(store: Store) -> GcResult:
         raise IntegrityError(f"store has unreadable objects (e.g. {sorted(broken)[0]}); run 'vocker verify' first")
     trees = set().union(*(r.trees for r in reaches)) if reaches else set()
     blobs = set().union(*(r.blobs for r in reaches)) if reaches else set()
-    contents = set().union(*(r.contents for r in reaches)) if reaches else set()
+    contents = set().union(*(r.contents for r in reaches)) if reaches else set()  # digests
     manifests = {r.id for r in store.images()}
     with store.write() as conn:
         pyc_rows = conn.execute(select(db.pycs.c.source, db.pycs.c.magic, db.pycs.c.pyc)).all()
@@ -173,7 +174,7 @@ def gc(store: Store) -> GcResult:
 class Usage:
     images: int
     logical: int  # sum of every image's file sizes, as if each were a separate copy
-    unique: int  # distinct content the images need
+    unique: int  # distinct file contents the images need (inlined small files included)
     stored: int  # bytes on disk for that content (compressed) plus the metadata database
     cache: int  # bytes on disk of the bytecode cache
     files: int
@@ -194,7 +195,7 @@ def usage(store: Store) -> Usage:
     with store.read() as conn:
         rows = {d: (size, stored) for d, size, stored in
                 conn.execute(select(db.blobs.c.digest, db.blobs.c.size, db.blobs.c.stored_size))}
-    unique = sum(rows[d][0] for d in needed if d in rows)
+    unique = sum({d: n for r in reaches for d, n in r.contents.items()}.values())
     inline_and_db = sum(os.path.getsize(p) for p in store.root.glob("vocker.db*"))
     stored = sum(rows[d][1] for d in needed if d in rows) + inline_and_db
     cache = sum(v[1] for d, v in rows.items() if d not in needed)

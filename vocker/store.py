@@ -9,6 +9,7 @@ missing, whatever moment a crash strikes.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,16 +19,24 @@ import attrs
 from cachetools import LRUCache
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 import contextlib
 
 from . import db, locking, refs
 from .blobstore import BlobFiles, BlobInfo
 from .digest import digest_bytes
-from .errors import FormatError, IntegrityError, MissingObjectError, UsageError
+from .errors import FormatError, IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
 from .manifest import Manifest
 from .tree import Tree
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 @attrs.frozen
@@ -58,6 +67,10 @@ class Store:
             engine = db.make_engine(root / "vocker.db")
         except OSError as exc:
             raise UsageError(f"cannot open store at {root}: {exc.strerror or exc}") from None
+        except OperationalError as exc:
+            if _read_only(root):
+                raise VockerError(f"the store at {root} is on a read-only file system") from None
+            raise VockerError(f"cannot open store database in {root}: {exc.orig}") from None
         return cls(root, blobs, engine)
 
     # -- transactions -------------------------------------------------------
