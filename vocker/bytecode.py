@@ -88,10 +88,17 @@ def ensure_cached(store: "Store", magic: str, python: str,
     was compiled now). None marks a source that does not compile with this interpreter.
     """
     known = store.cached_pycs(magic, sources)
-    todo = sorted(set(sources) - set(known))
+    todo = []
+    texts = []
+    for d in sorted(set(sources) - set(known)):
+        try:
+            texts.append(sources[d]())
+            todo.append(d)
+        except VockerError:
+            continue  # an unreadable (corrupt) source: no bytecode now, EIO when it is read
     fresh: dict[str, bytes | None] = {}
     if todo:
-        fresh = dict(zip(todo, compile_sources(python, [sources[d]() for d in todo])))
+        fresh = dict(zip(todo, compile_sources(python, texts)))
         store.put_blobs({digest_bytes(b): b for b in fresh.values() if b is not None},
                         pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
     return known, fresh

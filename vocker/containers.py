@@ -72,6 +72,7 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
                                                    persistent=persistent))
         shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
         upper.mkdir(parents=True)
+        upper.chmod(0o755)  # the mount root's mode: not whatever umask the creator had
         (upper.parent / "work").mkdir()
     return Container(name, image_id, time.time(), persistent)
 

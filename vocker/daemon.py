@@ -32,7 +32,10 @@ def _watch_owner(owner: int, mountpoint: str) -> None:
 
 
 def main(config: dict[str, Any]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s vocker-daemon[%(process)d] %(levelname)s %(message)s")
+    # force: a daemon forked from an application that configured logging must still log to its file
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s vocker-daemon[%(process)d] %(levelname)s %(message)s",
+                        stream=os.fdopen(os.dup(2), "w", buffering=1), force=True)  # fd 2 is the log file
+    os.umask(0)  # the kernel already applied the caller's umask to the modes it sends
     log = logging.getLogger("vocker.daemon")
     ready_fd = config["ready_fd"]
 

@@ -112,9 +112,17 @@ class _UpperHandle:
 class _LowerHandle:
     data: bytes | None
     reader: BlobReader | None
+    parts: Parts = ()
+    #: set once the file was copied up: reads then see the writable copy, as overlayfs does
+    upper_fd: int = -1
 
 
 Handle = Union[_UpperHandle, _LowerHandle]
+
+
+def _same_file(a: str, b: str) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
 class ContainerView:
@@ -386,12 +394,15 @@ class ContainerView:
         found = self.find(parts)
         if found.upper:
             fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
-            handle: Handle = _UpperHandle(fd, parts)
+            handle: Handle = _UpperHandle(fd, parts, written=bool(flags & os.O_TRUNC))
+            if flags & os.O_TRUNC:
+                self._invalidate_links(parts, os.fstat(fd))
         else:
             assert found.lower is not None
             if found.lower.kind is Kind.DIR:
                 raise _err(errno.EISDIR, parts)
             handle = self._open_lower(found.lower)
+            handle.parts = parts
         fh = next(self._next)
         self._handles[fh] = handle
         return fh
@@ -400,6 +411,8 @@ class ContainerView:
         h = self._handles[fh]
         if isinstance(h, _UpperHandle):
             return os.pread(h.fd, size, offset)
+        if h.upper_fd >= 0:
+            return os.pread(h.upper_fd, size, offset)
         if h.data is not None:
             return h.data[offset:offset + size]
         assert h.reader is not None
@@ -413,8 +426,11 @@ class ContainerView:
                     self._invalidate_links(h.parts, os.fstat(h.fd))
             finally:
                 os.close(h.fd)
-        elif h is not None and h.reader is not None:
-            h.reader.close()
+        elif h is not None:
+            if h.reader is not None:
+                h.reader.close()
+            if h.upper_fd >= 0:
+                os.close(h.upper_fd)
 
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.upper if self.upper is not None else self.store.root)
@@ -479,6 +495,10 @@ class ContainerView:
         ud = self._upper_dir(parts[:-1])
         assert ud is not None
         ud.names.add(parts[-1])
+        if node.kind is Kind.FILE:
+            for h in list(self._handles.values()):
+                if isinstance(h, _LowerHandle) and h.parts == parts and h.upper_fd < 0:
+                    h.upper_fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     def _whiteout(self, parts: Parts) -> None:
         self._ensure_upper_dir(parts[:-1])
@@ -500,6 +520,15 @@ class ContainerView:
         if found.upper:
             return self._upper_is_dir(parts)
         return found.lower is not None and found.lower.kind is Kind.DIR
+
+    def _forget_upper_dirs(self, parts: Parts) -> None:
+        for key in [k for k in self._upper_dirs if k[:len(parts)] == parts]:
+            del self._upper_dirs[key]
+
+    def _make_opaque(self, parts: Parts) -> None:
+        with open(os.path.join(self._upath(parts), OPAQUE), "wb"):
+            pass
+        self._upper_dirs.pop(parts, None)  # re-read with the marker
 
     def _exists(self, parts: Parts) -> Found | None:
         try:
@@ -551,17 +580,16 @@ class ContainerView:
         with self._lock:
             self._copy_up(parts, self.find(parts))
             os.truncate(self._upath(parts), length)
+            self._changed(parts)
 
     def mkdir(self, parts: Parts, mode: int) -> None:
         with self._lock:
             replaced = self._prepare_new(parts)
             os.mkdir(self._upath(parts), mode & 0o7777)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
-            opaque = replaced or self._lower(parts) is not None
-            if opaque:  # delete-then-recreate: the old lower contents must stay gone
-                with open(os.path.join(self._upath(parts), OPAQUE), "wb"):
-                    pass
-            self._upper_dirs[parts] = UpperDir(set(), set(), opaque)
+            self._upper_dirs[parts] = UpperDir(set(), set(), False)
+            if replaced or self._lower(parts) is not None:
+                self._make_opaque(parts)  # delete-then-recreate: the old lower contents must stay gone
 
     def symlink(self, parts: Parts, target: str) -> None:
         with self._lock:
@@ -611,8 +639,7 @@ class ContainerView:
             if found.upper:
                 shutil.rmtree(self._upath(parts))  # holds only whiteouts and markers now
                 self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
-                for key in [k for k in self._upper_dirs if k[:len(parts)] == parts]:
-                    del self._upper_dirs[key]
+                self._forget_upper_dirs(parts)
             if found.lower is not None:
                 self._whiteout(parts)
 
@@ -628,6 +655,8 @@ class ContainerView:
                 raise _err(errno.EINVAL, new)
             dst = self._exists(new)
             if dst is not None:
+                if old == new or (src.upper and dst.upper and _same_file(self._upath(old), self._upath(new))):
+                    return  # POSIX: renaming a file onto itself (or another link to it) does nothing
                 dst_is_dir = self._is_dir(new, dst)
                 if src_is_dir and not dst_is_dir:
                     raise _err(errno.ENOTDIR, new)
@@ -636,22 +665,25 @@ class ContainerView:
                 if dst_is_dir:
                     if self.readdir(new):
                         raise _err(errno.ENOTEMPTY, new)
-                    if dst.lower is not None:
-                        raise _err(errno.EXDEV, new)
+                    if dst.upper:  # only whiteouts and markers are left in it
+                        shutil.rmtree(self._upath(new))
+                        self._upper_dir(new[:-1]).names.discard(new[-1])  # type: ignore[union-attr]
+                        self._forget_upper_dirs(new)
             parent = self.find(new[:-1])
             if not parent.upper and (parent.lower is None or parent.lower.kind is not Kind.DIR):
                 raise _err(errno.ENOTDIR, new)
             self._copy_up(old, src)
             self._ensure_upper_dir(new[:-1])
-            self._drop_whiteout(new)
+            replaced_deleted = self._drop_whiteout(new)
             os.rename(self._upath(old), self._upath(new))
             self._upper_dir(old[:-1]).names.discard(old[-1])  # type: ignore[union-attr]
             self._upper_dir(new[:-1]).names.add(new[-1])  # type: ignore[union-attr]
             if src_is_dir:
-                for key in [k for k in self._upper_dirs if k[:len(old)] == old]:
-                    del self._upper_dirs[key]
-                for key in [k for k in self._upper_dirs if k[:len(new)] == new]:
-                    del self._upper_dirs[key]
+                self._forget_upper_dirs(old)
+                self._forget_upper_dirs(new)
+                if replaced_deleted or self._lower(new) is not None:
+                    # lands on a deleted or empty lower directory: its old contents must stay hidden
+                    self._make_opaque(new)
             if src.lower is not None:
                 self._whiteout(old)  # the lower file must not reappear under its old name
 
@@ -660,18 +692,25 @@ class ContainerView:
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.chmod(self._upath(parts), mode & 0o7777)
+            self._changed(parts)
 
     def chown(self, parts: Parts, uid: int, gid: int) -> None:
         with self._lock:
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.chown(self._upath(parts), uid, gid, follow_symlinks=False)
+            self._changed(parts)
 
     def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
         with self._lock:
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.utime(self._upath(parts), ns=times, follow_symlinks=False)
+            self._changed(parts)
+
+    def _changed(self, parts: Parts) -> None:
+        """After a metadata change by path: other hard-link names must not show stale attributes."""
+        self._invalidate_links(parts, os.lstat(self._upath(parts)))
 
     def _invalidate_links(self, parts: Parts, st: os.stat_result) -> None:
         """Hard links within the upper layer are separate kernel inodes: refresh the other names."""
