@@ -88,6 +88,7 @@ def ensure_cached(store: "Store", magic: str, python: str,
     was compiled now). None marks a source that does not compile with this interpreter.
     """
     known = store.cached_pycs(magic, sources)
+    store.blob_infos(d for d in known.values() if d is not None)
     todo = []
     texts = []
     for d in sorted(set(sources) - set(known)):

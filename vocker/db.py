@@ -85,7 +85,9 @@ mounts = Table(
 
 
 def make_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
+    # A pool as large as the widest thread pool, so worker threads never open throw-away connections.
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False},
+                           pool_size=16, max_overflow=16)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]

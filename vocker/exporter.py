@@ -72,6 +72,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                 else:
                     files.append((rel, entry))
             reporter.begin(f"Exporting {ref}", sum(e.size for _, e in files))
+            store.blob_infos(e.digest for _, e in files if e.digest is not None)  # one query, not one per file
 
             def write(item: tuple[Rel, Entry]) -> None:
                 rel, entry = item

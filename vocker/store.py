@@ -55,6 +55,7 @@ class Store:
     blobs: BlobFiles
     engine: Any
     _trees: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=20000))
+    _infos: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))
     _trees_lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @classmethod
@@ -100,11 +101,26 @@ class Store:
             return set(conn.scalars(select(db.blobs.c.digest)))
 
     def blob_info(self, digest: str) -> BlobInfo:
-        with self.read() as conn:
-            row = conn.execute(select(db.blobs).where(db.blobs.c.digest == digest)).first()
-        if row is None:
+        with self._trees_lock:
+            hit = self._infos.get(digest)
+        if hit is not None:
+            return hit
+        infos = self.blob_infos([digest])
+        if digest not in infos:
             raise MissingObjectError(f"missing blob {digest}")
-        return BlobInfo(row.digest, row.size, row.stored_size, row.codec)
+        return infos[digest]
+
+    def blob_infos(self, digests: Iterable[str]) -> dict[str, BlobInfo]:
+        """Recorded facts of many blobs in a few queries (they never change; cached)."""
+        wanted = list(set(digests))
+        out: dict[str, BlobInfo] = {}
+        with self.read() as conn:
+            for i in range(0, len(wanted), 500):
+                q = select(db.blobs).where(db.blobs.c.digest.in_(wanted[i:i + 500]))
+                out.update({r.digest: BlobInfo(r.digest, r.size, r.stored_size, r.codec) for r in conn.execute(q)})
+        with self._trees_lock:
+            self._infos.update(out)
+        return out
 
     def read_blob(self, digest: str, info: BlobInfo | None = None) -> bytes:
         info = info or self.blob_info(digest)
