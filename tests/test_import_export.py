@@ -151,3 +151,22 @@ def test_record_and_direct_url_are_normalised(tmp_path, make_venv, vocker, wheel
     script_line = next(line for line in record if line.startswith("../../../bin/alpha-cli"))
     assert script_line == "../../../bin/alpha-cli,,"
     assert not any("direct_url.json" in line for line in record)
+
+
+def test_reimport_skips_unchanged_files_but_sees_changes(tmp_path, make_venv, vocker) -> None:
+    env = make_venv(tmp_path / "env", packages=("alpha==1.0", "gamma"))
+    time.sleep(2.1)  # files younger than 2 s are never cached (an edit could share their timestamp)
+    first = vocker("image", "import", env, "-t", "x").stdout
+    assert "unchanged since the last import" not in first
+    again = vocker("image", "import", env, "-t", "x").stdout
+    assert "unchanged since the last import" in again and again.startswith("Already in store")
+    # same size, same mtime, other content: the ctime still changes, so it is re-read
+    init = env / "lib" / "python3.11" / "site-packages" / "alpha" / "__init__.py"
+    st = init.stat()
+    init.write_text(init.read_text().replace("VALUE = 1", "VALUE = 3"))
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = vocker("image", "import", env, "-t", "y").stdout
+    assert changed.startswith("Imported")
+    assert image_id(vocker, "x") != image_id(vocker, "y")
+    rehashed = vocker("image", "import", "--rehash", env, "-t", "y").stdout
+    assert "unchanged since" not in rehashed and rehashed.startswith("Already in store")

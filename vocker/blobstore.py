@@ -1,20 +1,26 @@
 """Blob files: one file per distinct content, named by its sha256 digest.
 
 Layout (OCI image-layout style, so names stay legal on every OS):
-``blobs/sha256/<2 hex>/<64 hex>``. A blob is stored raw, or in the zstd *seekable*
-format (independent frames plus a seek table) when that saves space, so the mount
-layer can decompress any byte range without reading the whole file. Writes go to
-``tmp/`` first, are fsynced, then renamed into place: a crash leaves at worst an
-orphan temp file, never a partial blob under its final name.
+``blobs/sha256/<2 hex>/<64 hex>``. A blob is stored raw, as one zstd frame (contents
+up to 1 MiB), or in the zstd *seekable* format (independent 1 MiB frames plus a seek
+table) for larger contents, so the mount layer can decompress any byte range
+without reading a whole large file. Compression is kept only where it saves space.
+
+Writes are staged in ``tmp/`` and committed in batches: the staged files are made
+durable (one ``syncfs`` of the store's file system on Linux, else an fsync each),
+then renamed into place, then their directories are fsynced, and only then does the
+caller record them in the database. A crash leaves at worst orphan temp files,
+never a partial blob under its final name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
+import itertools
 import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,13 +31,16 @@ from .digest import digest_bytes, hex_of
 from .errors import IntegrityError, MissingObjectError
 
 RAW = "raw"
-ZSTD = "zstd"
+ZSTD = "zstd"  # one frame: the whole content
+ZSTD_SEEKABLE = "zstd-seekable"  # frames of FRAME_SIZE plus a seek table
 #: Frame size of the seekable format: a random read decompresses at most this much.
 FRAME_SIZE = 1 << 20
 #: zstd level 2: about 30 % faster than 3 for ~5 % more bytes on a typical venv (docs/benchmarks.md).
 LEVEL = 2
 #: Store compressed only when it saves at least this fraction.
 MIN_SAVING = 0.10
+
+_counter = itertools.count()
 
 
 @attrs.frozen
@@ -42,25 +51,39 @@ class BlobInfo:
     codec: str
 
 
+@attrs.frozen
+class Staged:
+    """A blob written to a temp file, not yet durable nor under its final name."""
+
+    tmp: str
+    final: str
+    info: BlobInfo
+
+
 def encode(data: bytes) -> tuple[bytes, str]:
     """The bytes to store for ``data`` and their codec; deterministic for a given input."""
     if len(data) < 64:
         return data, RAW
-    buf = io.BytesIO()
-    with pyzstd.SeekableZstdFile(buf, "w", level_or_option=LEVEL, max_frame_content_size=FRAME_SIZE) as f:
-        f.write(data)
-    packed = buf.getvalue()
+    if len(data) <= FRAME_SIZE:
+        packed, codec = pyzstd.compress(data, LEVEL), ZSTD
+    else:
+        buf = io.BytesIO()
+        with pyzstd.SeekableZstdFile(buf, "w", level_or_option=LEVEL, max_frame_content_size=FRAME_SIZE) as f:
+            f.write(data)
+        packed, codec = buf.getvalue(), ZSTD_SEEKABLE
     if len(packed) <= len(data) * (1 - MIN_SAVING):
-        return packed, ZSTD
+        return packed, codec
     return data, RAW
 
 
 def decode(stored: bytes, codec: str, digest: str = "") -> bytes:
-    """Stored bytes back to content; the seekable format's seek table is checked too,
-    since range reads (the mount layer) rely on it."""
+    """Stored bytes back to content. The seek table of the seekable format is checked
+    too, since range reads (the mount layer) rely on it."""
     if codec == RAW:
         return stored
     try:
+        if codec == ZSTD:
+            return pyzstd.decompress(stored)
         with pyzstd.SeekableZstdFile(io.BytesIO(stored), "r") as f:
             data = f.read()
             if f.seek(0, io.SEEK_END) != len(data):  # the seek table disagrees with the frames
@@ -91,30 +114,50 @@ class BlobFiles:
         h = hex_of(digest)
         return self.blob_dir / h[:2] / h
 
-    def write(self, digest: str, data: bytes) -> BlobInfo:
-        """Store ``data`` (whose digest the caller computed) durably under its name.
-
-        The caller must fsync the shard directory (see ``sync_dirs``) before recording
-        the blob in the database, so the rename itself survives a power cut.
-        """
+    def stage(self, digest: str, data: bytes) -> Staged:
+        """Compress and write ``data`` (whose digest the caller computed) to a temp file."""
         payload, codec = encode(data)
-        final = self.path(digest)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=hex_of(digest)[:16] + ".")
+        tmp = os.path.join(self.tmp_dir, f"{hex_of(digest)[:16]}.{os.getpid()}.{next(_counter)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return BlobInfo(digest, len(data), len(payload), codec)
+        return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(payload), codec))
 
-    def sync_dirs(self, digests: set[str] | list[str]) -> None:
-        for shard in {hex_of(d)[:2] for d in digests}:
-            _fsync_dir(self.blob_dir / shard)
+    def commit(self, staged: list[Staged]) -> None:
+        """Make staged blobs durable and put them under their names (the caller then records them)."""
+        if not staged:
+            return
+        if not _syncfs(self.tmp_dir):
+            for s in staged:
+                fd = os.open(s.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for s in staged:
+            os.replace(s.tmp, s.final)
+        for shard in {os.path.dirname(s.final) for s in staged}:
+            _fsync_dir(Path(shard))
+
+    def discard(self, staged: list[Staged]) -> None:
+        for s in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(s.tmp)
+
+    def write(self, digest: str, data: bytes) -> BlobInfo:
+        """Stage and commit one blob."""
+        staged = self.stage(digest, data)
+        try:
+            self.commit([staged])
+        except BaseException:
+            self.discard([staged])
+            raise
+        return staged.info
 
     def read(self, digest: str, codec: str, size: int | None = None) -> bytes:
         """The verified content of a blob; raises IntegrityError rather than return wrong bytes."""
@@ -131,8 +174,11 @@ class BlobFiles:
         """Stream-check a blob against its digest without holding it in memory."""
         h = hashlib.sha256()
         total = 0
+        if codec == ZSTD:  # one frame of at most FRAME_SIZE: simply decode it
+            data = self.read(digest, codec, size)
+            return
         try:
-            f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD else open(self.path(digest), "rb")
+            f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD_SEEKABLE else open(self.path(digest), "rb")
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
         except (pyzstd.ZstdError, pyzstd.SeekableFormatError) as exc:
@@ -142,7 +188,7 @@ class BlobFiles:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     total += len(chunk)
-                if codec == ZSTD and f.seek(0, io.SEEK_END) != total:
+                if codec == ZSTD_SEEKABLE and f.seek(0, io.SEEK_END) != total:
                     raise pyzstd.SeekableFormatError("seek table does not match the frames")
             except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
                 raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
@@ -164,14 +210,20 @@ class BlobReader:
 
     def __init__(self, path: Path, codec: str) -> None:
         self._lock = threading.Lock()
-        if codec == ZSTD:
-            self._zst: pyzstd.SeekableZstdFile | None = pyzstd.SeekableZstdFile(path, "r")
-            self._fd = -1
+        self._data: bytes | None = None
+        self._zst: pyzstd.SeekableZstdFile | None = None
+        self._fd = -1
+        if codec == ZSTD:  # small: decode once
+            self._data = pyzstd.decompress(path.read_bytes())
+        elif codec == ZSTD_SEEKABLE:
+            self._zst = pyzstd.SeekableZstdFile(path, "r")
         else:
             self._zst = None
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     def pread(self, size: int, offset: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset:offset + size]
         if self._zst is None:
             return os.pread(self._fd, size, offset)
         with self._lock:  # a seekable zstd file has one position
@@ -184,6 +236,23 @@ class BlobReader:
         elif self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_libc = None
+if hasattr(os, "fork") and os.uname().sysname == "Linux":
+    with contextlib.suppress(OSError):
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: Path) -> bool:
+    """Flush the whole file system holding ``path`` in one call (Linux); False if unavailable."""
+    if _libc is None or not hasattr(_libc, "syncfs"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

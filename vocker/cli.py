@@ -45,7 +45,9 @@ def image() -> None:
 @click.option("-t", "--tag", metavar="NAME[:TAG]", help="Tag the image (TAG defaults to 'latest').")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Interpreter the venv was made with (default: the one pyvenv.cfg names).")
-def image_import(directory: Path, tag: str | None, python: Path | None) -> None:
+@click.option("--rehash", is_flag=True,
+              help="Read and hash every file, even those unchanged since the last import of this path.")
+def image_import(directory: Path, tag: str | None, python: Path | None, rehash: bool) -> None:
     """Import a venv (or any directory tree) as an image.
 
     A venv is stored without its location: the same packages installed anywhere give
@@ -57,11 +59,12 @@ def image_import(directory: Path, tag: str | None, python: Path | None) -> None:
     tag = refs.normalize_tag(tag) if tag else None
     if directory.is_dir() and not is_venv(directory):
         err.print(f"{directory} has no pyvenv.cfg: importing it as a plain tree", markup=False)
-    result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter())
+    result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter(), rehash=rehash)
     what = "Imported" if result.new else "Already in store:"
     out.print(f"{what} {result.kind} {directory} as {result.tag or result.image_id}", markup=False)
     out.print(f"  {result.image_id}", markup=False)
-    out.print(f"  {result.files} files, {human_size(result.size)}; {result.new_blobs} new blobs "
+    unchanged = f" ({result.unchanged} unchanged since the last import, not re-read)" if result.unchanged else ""
+    out.print(f"  {result.files} files{unchanged}, {human_size(result.size)}; {result.new_blobs} new blobs "
               f"({human_size(result.new_stored_bytes)} stored) in {result.seconds:.2f}s", markup=False)
 
 

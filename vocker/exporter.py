@@ -9,6 +9,7 @@ point outside are refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -61,10 +62,11 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     try:
         with store.lock_shared():
             files: list[tuple[Rel, Entry]] = []
+            base = str(tmp)
             for rel, entry in walk.iter_entries(store, walk.single_layer(manifest.layers)):
-                target = tmp.joinpath(*rel)
+                target = os.path.join(base, *rel)
                 if entry.kind is Kind.DIR:
-                    target.mkdir(0o755)
+                    os.mkdir(target, 0o755)
                 elif entry.kind is Kind.SYMLINK:
                     assert entry.target is not None
                     walk.check_link(rel, entry.target)
@@ -81,7 +83,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                     parts = template.decode(data)
                     data = template.render_placeholders(parts) if audit else template.render(parts, root)
                 mode = 0o755 if entry.executable and not audit else 0o644
-                _write_file(tmp.joinpath(*rel), data, mode)
+                _write_file(os.path.join(base, *rel), data, mode)
                 reporter.advance(entry.size)
 
             try:
@@ -113,7 +115,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                         interpreter["executable"] if interpreter else None, time.perf_counter() - started)
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+def _write_file(path: str | Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, _O_FLAGS, mode)
     except FileExistsError:
@@ -127,7 +129,8 @@ def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: 
     """Write a timestamp pyc beside every library source; compile only what no image had before."""
     sources = [(rel, e.digest or bytecode.inline_digest(e.inline)) for rel, e in files
                if not e.template and bytecode.wants_pyc(rel, lib)]
-    readers = {d: tmp.joinpath(*rel).read_bytes for rel, d in sources}
+    base = str(tmp)
+    readers = {d: Path(base, *rel).read_bytes for rel, d in sources}
     known, fresh = bytecode.ensure_cached(store, magic, python, readers)
 
     def write(item: tuple[Rel, str]) -> int:
@@ -135,11 +138,13 @@ def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: 
         body = fresh[digest] if digest in fresh else (store.read_blob(known[digest]) if known[digest] else None)  # type: ignore[arg-type]
         if body is None:
             return 0  # does not compile with this interpreter: Python reports it on import, as usual
-        source = tmp.joinpath(*rel)
-        st = source.stat()
-        cache_dir = source.parent / "__pycache__"
-        cache_dir.mkdir(exist_ok=True)
-        _write_file(cache_dir / bytecode.pyc_name(rel[-1], cache_tag), bytecode.pyc_header(magic, st.st_mtime, st.st_size) + body, 0o644)
+        folder = os.path.join(base, *rel[:-1])
+        st = os.stat(os.path.join(folder, rel[-1]))
+        cache_dir = os.path.join(folder, "__pycache__")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(cache_dir, 0o755)
+        _write_file(os.path.join(cache_dir, bytecode.pyc_name(rel[-1], cache_tag)),
+                    bytecode.pyc_header(magic, st.st_mtime, st.st_size) + body, 0o644)
         return 1
 
     return sum(pmap(write, sources)), len(fresh)

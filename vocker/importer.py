@@ -19,8 +19,8 @@ from typing import Any, Union
 
 import attrs
 
-from . import __version__, normalize, template, venv
-from .blobstore import BlobInfo
+from . import __version__, importcache, normalize, template, venv
+from .blobstore import Staged
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
 from .manifest import Manifest, PythonFacts
@@ -36,8 +36,15 @@ Rel = tuple[str, ...]
 class FileTask:
     rel: Rel
     path: str
-    size: int
-    executable: bool
+    st: os.stat_result
+
+    @property
+    def size(self) -> int:
+        return self.st.st_size
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.st.st_mode & stat.S_IXUSR)
 
 
 @attrs.frozen
@@ -60,7 +67,7 @@ class ImportResult:
     new_stored_bytes: int
     tag: str | None
     seconds: float
-    warnings: tuple[str, ...] = ()
+    unchanged: int = 0  # files taken from the import cache without reading them
 
 
 @attrs.define
@@ -87,7 +94,7 @@ class _Walker:
             elif stat.S_ISDIR(st.st_mode):
                 node[name] = self.walk(e.path, sub)
             elif stat.S_ISREG(st.st_mode):
-                task = FileTask(sub, e.path, st.st_size, bool(st.st_mode & stat.S_IXUSR))
+                task = FileTask(sub, e.path, st)
                 node[name] = task
                 self.files.append(task)
                 self.total += st.st_size
@@ -111,7 +118,7 @@ class _Ingest:
     store: Store
     known: set[str]
     lock: threading.Lock = attrs.field(factory=threading.Lock)
-    new: dict[str, BlobInfo] = attrs.field(factory=dict)
+    staged: dict[str, Staged] = attrs.field(factory=dict)
 
     def file_entry(self, name: str, data: bytes, executable: bool, is_template: bool) -> Entry:
         if len(data) <= INLINE_MAX:
@@ -121,14 +128,14 @@ class _Ingest:
             needed = digest not in self.known
             self.known.add(digest)
         if needed:
-            info = self.store.blobs.write(digest, data)
+            staged = self.store.blobs.stage(digest, data)
             with self.lock:
-                self.new[digest] = info
+                self.staged[digest] = staged
         return Entry(name, Kind.FILE, size=len(data), digest=digest, executable=executable, template=is_template)
 
 
 def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path | None = None,
-                reporter: Reporter | None = None) -> ImportResult:
+                reporter: Reporter | None = None, rehash: bool = False) -> ImportResult:
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     if not src.exists():
@@ -144,34 +151,57 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
     }
     site: Rel | None = None
     paths: normalize.VenvPaths | None = None
+    real = None
     if is_venv:
         facts, base = venv.facts_for(src, python)
         provenance["base_interpreter"] = base
         site = tuple(facts.lib.split("/")) + ("site-packages",)
-        paths = normalize.VenvPaths.of(given, os.path.realpath(given))
+        real = os.path.realpath(given)
+        paths = normalize.VenvPaths.of(given, real)
 
     walker = _Walker(src, site)
     root = walker.walk(given, ())
+    context = importcache.context_for(given, real)
     with store.lock_shared():
         ingest = _Ingest(store, store.blob_digests())
+        cached = {} if rehash else importcache.load(store, given, context)
         templated: set[str] = set()
         dropped: set[str] = set()
+        fresh: list[tuple[str, os.stat_result, importcache.Outcome]] = []
+        hits: list[str] = []
 
         def process(task: FileTask) -> Entry | None:
-            data = _read(task.path)
             reporter.advance(task.size)
+            rel = "/".join(task.rel)
+            hit = cached.get(task.path)
+            if hit is not None and hit[0] == importcache.stat_key(task.st):
+                outcome = hit[1]
+                if outcome.entry is None or outcome.entry.digest is None or outcome.entry.digest in ingest.known:
+                    _note(outcome, rel)
+                    with ingest.lock:
+                        hits.append(rel)
+                    return outcome.entry
+            outcome = _outcome(task, _read(task.path))
+            _note(outcome, rel)
+            with ingest.lock:
+                fresh.append((task.path, task.st, outcome))
+            return outcome.entry
+
+        def _note(outcome: importcache.Outcome, rel: str) -> None:
+            if outcome.entry is None or outcome.templated:
+                with ingest.lock:
+                    (dropped if outcome.entry is None else templated).add(rel)
+
+        def _outcome(task: FileTask, data: bytes) -> importcache.Outcome:
             name = task.rel[-1]
             if paths is not None:
                 if name == "direct_url.json" and task.rel[-2].endswith(".dist-info") and normalize.drop_direct_url(data):
-                    with ingest.lock:
-                        dropped.add("/".join(task.rel))
-                    return None
+                    return importcache.Outcome(None, False)
                 parts = paths.to_template(data, is_script=task.rel[0] in ("bin", "Scripts"))
                 if parts is not None:
-                    with ingest.lock:
-                        templated.add("/".join(task.rel))
-                    return ingest.file_entry(name, template.encode(parts), task.executable, True)
-            return ingest.file_entry(name, data, task.executable, False)
+                    return importcache.Outcome(ingest.file_entry(name, template.encode(parts), task.executable, True),
+                                               True)
+            return importcache.Outcome(ingest.file_entry(name, data, task.executable, False), False)
 
         def process_record(task: FileTask) -> Entry:
             data = normalize.normalize_record(_read(task.path), "/".join(task.rel[:-1]), templated, dropped)
@@ -185,27 +215,31 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
             results: dict[Rel, Entry | None] = dict(zip((t.rel for t in plain), pmap(process, plain)))
             # RECORDs last: they need to know which files were templated or dropped.
             results.update(zip((t.rel for t in records), pmap(process_record, records)))
+            objects: dict[str, bytes] = {}
+            root_digest = _build(root, results, objects, drop_empty=("include",) if is_venv else ())
+            manifest = Manifest("venv" if is_venv else "tree", (root_digest,), facts)
+            manifest_bytes = manifest.encode()
+            image_id = digest_bytes(manifest_bytes)
+            store.blobs.commit(list(ingest.staged.values()))
+        except BaseException:
+            store.blobs.discard(list(ingest.staged.values()))
+            raise
         finally:
             reporter.end()
-
-        objects: dict[str, bytes] = {}
-        root_digest = _build(root, results, objects, drop_empty=("include",) if is_venv else ())
-        manifest = Manifest("venv" if is_venv else "tree", (root_digest,), facts)
-        manifest_bytes = manifest.encode()
-        image_id = digest_bytes(manifest_bytes)
-        store.blobs.sync_dirs(list(ingest.new))
         files = sum(1 for e in results.values() if e is not None)
         size = sum(e.size for e in results.values() if e is not None)
+        infos = [s.info for s in ingest.staged.values()]
         with store.write() as conn:
-            store.record_blobs(conn, ingest.new.values())
+            store.record_blobs(conn, infos)
             store.record_objects(conn, "tree", objects)
             new = store.record_image(conn, image_id, manifest_bytes, size, files, provenance)
             if tag is not None:
                 store.set_tag(conn, tag, image_id)
+            importcache.save(conn, context, fresh)
     return ImportResult(
-        image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(ingest.new),
-        new_stored_bytes=sum(i.stored_size for i in ingest.new.values()), tag=tag,
-        seconds=time.perf_counter() - started,
+        image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(infos),
+        new_stored_bytes=sum(i.stored_size for i in infos), tag=tag,
+        seconds=time.perf_counter() - started, unchanged=len(hits),
     )
 
 

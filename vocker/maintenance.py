@@ -150,6 +150,7 @@ def gc(store: Store) -> GcResult:
         dead_blobs = set(rows) - blobs
         for d in dead_blobs:
             conn.execute(delete(db.blobs).where(db.blobs.c.digest == d))
+        conn.execute(delete(db.import_cache))  # it may name freed blobs; rebuilt by the next import
     # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
     freed = 0
     orphans = 0

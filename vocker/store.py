@@ -130,8 +130,13 @@ class Store:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
         with self.read() as conn:
             present = set(conn.scalars(select(db.blobs.c.digest).where(db.blobs.c.digest.in_(list(datas)))))
-        infos = [self.blobs.write(d, data) for d, data in datas.items() if d not in present]
-        self.blobs.sync_dirs([i.digest for i in infos])
+        staged = [self.blobs.stage(d, data) for d, data in datas.items() if d not in present]
+        try:
+            self.blobs.commit(staged)
+        except BaseException:
+            self.blobs.discard(staged)
+            raise
+        infos = [s.info for s in staged]
         with self.write() as conn:
             self.record_blobs(conn, infos)
             if pycs is not None:
@@ -169,6 +174,31 @@ class Store:
         with self._trees_lock:
             self._trees[digest] = tree
         return tree
+
+    def prefetch_trees(self, root: str) -> None:
+        """Load every tree below ``root`` into the cache with one query per level, not per node."""
+        level = [root]
+        while level:
+            with self._trees_lock:
+                missing = [d for d in level if d not in self._trees]
+            found: dict[str, bytes] = {}
+            with self.read() as conn:
+                for i in range(0, len(missing), 500):
+                    q = select(db.objects.c.digest, db.objects.c.data).where(db.objects.c.digest.in_(missing[i:i + 500]))
+                    found.update({d: bytes(data) for d, data in conn.execute(q)})
+            nxt = []
+            for d in level:
+                if d in found and digest_bytes(found[d]) == d:
+                    tree = Tree.decode(found[d])
+                    with self._trees_lock:
+                        self._trees[d] = tree
+                else:
+                    try:
+                        tree = self.tree(d)  # raises the precise missing/corrupt error
+                    except Exception:
+                        continue  # let the caller meet it where it walks
+                nxt += [e.digest for e in tree.entries if e.digest is not None and e.kind.value == "d"]
+            level = nxt
 
     def manifest(self, image_id: str) -> Manifest:
         return Manifest.decode(self.object_bytes(image_id, "manifest"))

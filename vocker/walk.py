@@ -13,6 +13,8 @@ Rel = tuple[str, ...]
 
 def iter_entries(store: Store, tree_digest: str, prefix: Rel = ()) -> Iterator[tuple[Rel, Entry]]:
     """Every entry below a tree, parents before children."""
+    if not prefix:
+        store.prefetch_trees(tree_digest)
     for entry in store.tree(tree_digest).entries:
         rel = prefix + (entry.name,)
         yield rel, entry
