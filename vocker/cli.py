@@ -26,12 +26,35 @@ def _store() -> Store:
     return Store.open()
 
 
+def _store_mode(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from .home import set_mode
+
+        set_mode(param.name)
+
+
+store_options = [
+    click.option("--local", is_flag=True, expose_value=False, callback=_store_mode, is_eager=True,
+                 help="Use the project store .vocker/ in the current directory (created if missing)."),
+    click.option("--global", "global", is_flag=True, expose_value=False, callback=_store_mode, is_eager=True,
+                 help="Use the user store ($VOCKER_HOME or the user data directory)."),
+]
+
+
+def with_store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(store_options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="vocker")
+@with_store_options
 def cli() -> None:
     """Reproducible Python environments as images in a content-addressed store.
 
-    The store lives in $VOCKER_HOME (default: the user data directory).
+    The store: .vocker/ in the current directory if it exists, else $VOCKER_HOME
+    (default: the user data directory). --local/--global choose; 'vocker config' tells.
     """
 
 
@@ -104,6 +127,11 @@ def image_inspect(image_ref: str) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
         "manifest": store.manifest(image_id).to_cbor(), "provenance": record.provenance,
     }
+    from .build import build_record
+
+    build = build_record(store, image_id)
+    if build is not None:
+        doc["build"] = build
     out.print_json(json.dumps(doc)) if out.is_terminal else click.echo(json.dumps(doc, indent=2))
 
 
@@ -196,6 +224,132 @@ def df_cmd() -> None:
                          ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
                          ("compression ratio", f"{u.compression_ratio:.2f}x")):
         table.add_row(label, value)
+    out.print(table)
+
+
+def index_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--index-url", "-i", metavar="URL", help="Base URL of the package index (default: pip/uv config)."),
+        click.option("--extra-index-url", metavar="URL", multiple=True, help="Another index to use (repeatable)."),
+        click.option("--find-links", "-f", metavar="DIR|URL", multiple=True,
+                     help="A directory of wheels or a page of links (repeatable)."),
+        click.option("--no-index", is_flag=True, help="Ignore package indexes (use --find-links only)."),
+        click.option("--offline", is_flag=True, help="No network: only the uv cache and local wheels."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _index(index_url: str | None, extra_index_url: tuple[str, ...], find_links: tuple[str, ...], no_index: bool,
+           offline: bool):  # type: ignore[no-untyped-def]
+    from .build import IndexOptions
+
+    links = tuple(str(Path(f).absolute()) if os.path.isdir(f) else f for f in find_links)
+    return IndexOptions(index_url, extra_index_url, links, no_index, offline)
+
+
+@cli.command("build")
+@click.argument("specs", metavar="[SPEC]...", nargs=-1)
+@click.option("-r", "--requirements", type=click.Path(path_type=Path, dir_okay=False),
+              help="requirements.txt, an existing lock, or pyproject.toml.")
+@click.option("--python", metavar="3.X|PATH", help="Interpreter to build for (default: the one running vocker).")
+@click.option("-t", "--tag", metavar="NAME[:TAG]", help="Tag the image (TAG defaults to 'latest').")
+@click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the lock (default: requirements.lock beside the input).")
+@click.option("--lock-only", is_flag=True, help="Resolve and write the lock; build nothing.")
+@click.option("--upgrade", "-U", is_flag=True, help="Re-resolve even if the lock is up to date with its input.")
+@click.option("--test", "test_cmd", metavar="CMD",
+              help="Shell command run inside the built environment (mounted) before tagging; failing tags nothing.")
+@index_options
+@with_store_options
+def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | None, tag: str | None,
+              lock_path: Path | None, lock_only: bool, upgrade: bool, test_cmd: str | None, **index: Any) -> None:
+    """Build an image from requirements: resolve a lock, install exactly it, import.
+
+    The cache key is the pinned lock + interpreter + platform: building the same lock
+    again returns the stored image without installing anything.
+    """
+    from .build import BuildRequest, build
+
+    tag = refs.normalize_tag(tag) if tag else None
+    if specs and requirements:
+        raise click.UsageError("give either SPECs or -r FILE, not both")
+    if requirements is not None and requirements.suffix == ".toml" and requirements.name != "pyproject.toml":
+        raise click.UsageError("-r takes a requirements file, a lock or pyproject.toml")
+    req = BuildRequest(tuple(specs), requirements, python, lock_path, _index(**index), upgrade)
+    store = _store()
+
+    def run_test(image_id: str) -> int:
+        from .running import run_in
+
+        err.print(f"testing: {test_cmd}", markup=False)
+        return run_in(store, image_id, ["/bin/sh", "-c", test_cmd or "true"])
+
+    result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
+                   reporter=RichReporter(), on_step=lambda m: err.print(m, markup=False))
+    where = f" -> {result.lock_path}" if result.lock_path else ""
+    out.print(f"lock: {'resolved' if result.resolved else 'up to date'}{where}", markup=False)
+    if lock_only:
+        return
+    state = "cached: nothing installed" if result.cached else "built"
+    out.print(f"{state}: {tag or result.image_id} ({result.image_id}) in {result.seconds:.2f}s", markup=False)
+
+
+@cli.command("lookup")
+@click.argument("lockfile", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--python", metavar="3.X|PATH", help="Interpreter the image would be for (default: vocker's).")
+@with_store_options
+def lookup_cmd(lockfile: Path, python: str | None) -> None:
+    """Is there a stored image for this lock? Prints it (exit 0) or says no (exit 1)."""
+    from . import locks
+    from .build import OPTIONS, lookup
+    from .pythons import find_requested
+
+    lock = locks.parse(lockfile.read_text(encoding="utf-8"), str(lockfile))
+    info = find_requested(python)
+    key = locks.cache_key(lock, info, OPTIONS)
+    store = _store()
+    image_id = lookup(store, key)
+    if image_id is None:
+        out.print(f"no image for {lockfile} (python {info['version']}, {info['platform']})", markup=False)
+        sys.exit(1)
+    record = store.image(image_id)
+    out.print(f"{image_id} {', '.join(record.tags) or '<untagged>'}", markup=False)
+
+
+@cli.command("audit")
+@click.argument("image_ref", metavar="IMAGE")
+@index_options
+@with_store_options
+def audit_cmd(image_ref: str, **index: Any) -> None:
+    """Rebuild an image from its recorded lock in a fresh place; exit 1 if the ID differs."""
+    from .build import audit
+
+    explicit = index["index_url"] or index["extra_index_url"] or index["find_links"] or index["no_index"]
+    result = audit(_store(), image_ref, _index(**index) if explicit or index["offline"] else None,
+                   on_step=lambda m: err.print(m, markup=False))
+    if result.matches:
+        out.print(f"OK: rebuilding gives the same image {result.image_id}", markup=False)
+        return
+    out.print(f"MISMATCH: the image is {result.image_id}, the rebuild gives {result.rebuilt_id}", markup=False)
+    for line in result.differences:
+        out.print(f"  {line}", markup=False)
+    sys.exit(1)
+
+
+@cli.command("config")
+@with_store_options
+def config_cmd() -> None:
+    """Show which store is in use and why."""
+    from .home import resolve_home
+
+    root, why = resolve_home()
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("store", str(root))
+    table.add_row("because", why)
+    table.add_row("exists", "yes" if (root / "vocker.db").exists() else "no (created on first use)")
     out.print(table)
 
 

@@ -57,6 +57,16 @@ pycs = Table(
 )
 
 
+#: Builds: the cache from a lock (pinned set + interpreter + options) to the image it gave.
+builds = Table(
+    "builds", metadata,
+    Column("key", String, primary_key=True),
+    Column("image_id", String, nullable=False, index=True),
+    Column("lock", Text, nullable=False),  # the lock text as built
+    Column("info", Text, nullable=False),  # JSON: python facts, options, inputs
+    Column("created", Float, nullable=False),
+)
+
 #: What an earlier import made of a file, by path and stat facts (like git's index), so an
 #: unchanged venv is re-imported without reading it. Only a cache: gc empties it.
 import_cache = Table(

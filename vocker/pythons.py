@@ -7,7 +7,9 @@ import functools
 import glob
 import json
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -55,8 +57,11 @@ def _probe(path: str) -> dict[str, str] | None:
 
 
 def _candidates(facts: PythonFacts, hint: str | None) -> list[str]:
-    minor = facts.minor
-    names = [f"python{minor}", f"pypy{minor}"] if facts.implementation == "pypy" else [f"python{minor}"]
+    return _candidates_for(facts.minor, facts.implementation, hint)
+
+
+def _candidates_for(minor: str, implementation: str = "cpython", hint: str | None = None) -> list[str]:
+    names = [f"pypy{minor}"] if implementation == "pypy" else [f"python{minor}"]
     found = [hint] if hint else []
     for name in names:
         exe = shutil.which(name)
@@ -98,3 +103,30 @@ def find_interpreter(facts: PythonFacts, hint: str | None = None, explicit: Path
             f"no Python {facts.minor} ({facts.implementation}) found on this machine; the image was built with "
             f"{wanted}. Install Python {facts.minor}, or pass --python PATH")
     return matches[0]
+
+
+def find_requested(request: str | None) -> dict[str, str]:
+    """The interpreter a build asked for: None (the one running vocker), a path, or "3.X[.Y]"."""
+    if request is None:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        info = _probe(base)
+        if info is None:
+            raise NoInterpreterError(f"cannot run {base}")
+        return info
+    if os.sep in request or request.startswith("."):
+        info = _probe(request)
+        if info is None:
+            raise NoInterpreterError(f"cannot run Python interpreter {request}")
+        return info
+    if not re.fullmatch(r"3\.\d+(\.\d+)?", request):
+        raise NoInterpreterError(f"--python takes a version like 3.11 (or a path), not {request!r}")
+    minor = ".".join(request.split(".")[:2])
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    for candidate in [base] + _candidates_for(minor):
+        info = _probe(candidate)
+        if info is None or info["implementation"] != "cpython":
+            continue
+        if info["version"] == request or (request.count(".") == 1 and info["version"].startswith(request + ".")):
+            return info
+    raise NoInterpreterError(f"Python {request} is not installed on this machine; install it (for example "
+                             f"with 'uv python install {request}') or pass --python PATH")

@@ -1,0 +1,296 @@
+"""Build images from requirements: resolve to a lock, install exactly the lock, import.
+
+uv resolves (``uv pip compile --generate-hashes``) and installs (``uv pip sync
+--require-hashes``) into a fresh venv in a temporary directory, which is then
+imported like any venv. A build whose cache key (pinned set + interpreter facts +
+options, see locks.py) is already in the store returns that image and installs
+nothing.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert
+
+from . import db, locks
+from .errors import UsageError, VockerError
+from .importer import import_tree
+from .progress import Reporter
+from .pythons import find_requested
+from .store import Store
+
+#: Build options that are part of the cache key.
+OPTIONS = {"installer": "uv"}
+
+
+class BuildError(VockerError):
+    """Resolution, installation or the build's test failed; nothing was tagged."""
+
+
+@attrs.frozen
+class IndexOptions:
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    offline: bool = False
+
+    def uv_args(self) -> list[str]:
+        """Explicit options, else pip's configuration (uv reads its own uv.toml itself)."""
+        opts = self if (self.index_url or self.extra_index_urls or self.find_links or self.no_index) \
+            else attrs.evolve(pip_config(), offline=self.offline)
+        args: list[str] = []
+        if opts.index_url:
+            args += ["--index-url", opts.index_url]
+        for url in opts.extra_index_urls:
+            args += ["--extra-index-url", url]
+        for link in opts.find_links:
+            args += ["--find-links", link]
+        if opts.no_index:
+            args.append("--no-index")
+        if self.offline:
+            args.append("--offline")
+        return args
+
+
+def pip_config() -> IndexOptions:
+    """Index settings from pip.conf files and PIP_* variables, as pip would read them."""
+    parser = configparser.ConfigParser()
+    files = ["/etc/pip.conf", "/etc/xdg/pip/pip.conf", os.path.expanduser("~/.pip/pip.conf"),
+             os.path.expanduser("~/.config/pip/pip.conf")]
+    if os.environ.get("PIP_CONFIG_FILE"):
+        files.append(os.environ["PIP_CONFIG_FILE"])
+    parser.read([f for f in files if os.path.isfile(f)])
+
+    def get(key: str) -> str:
+        env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
+        if env is not None:
+            return env
+        for section in ("install", "global"):
+            if parser.has_option(section, key):
+                return parser.get(section, key)
+        return ""
+
+    index = get("index-url").strip() or None
+    return IndexOptions(index, tuple(get("extra-index-url").split()), tuple(get("find-links").split()),
+                        get("no-index").strip().lower() in ("1", "true", "yes", "on"))
+
+
+@attrs.frozen
+class BuildRequest:
+    specs: tuple[str, ...] = ()
+    requirements: Path | None = None  # requirements.txt, a lock, or pyproject.toml
+    python: str | None = None
+    lock_path: Path | None = None
+    index: IndexOptions = IndexOptions()
+    upgrade: bool = False
+
+
+@attrs.frozen
+class BuildResult:
+    image_id: str | None  # None for --lock-only
+    cached: bool
+    lock_path: Path | None
+    lock_text: str
+    key: str
+    resolved: bool  # a resolution ran (else an existing lock was reused)
+    seconds: float
+
+
+def uv_exe() -> str:
+    found = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv")
+    if not found:
+        raise VockerError("uv is not installed: pip install uv")
+    return found
+
+
+def _run_uv(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([uv_exe(), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip(" ×╰─▶│") for ln in proc.stderr.splitlines() if ln.strip(" ×╰─▶│")]
+        detail = "; ".join(lines[:3]) or f"uv exited with {proc.returncode}"
+        raise BuildError(f"{what}: {detail}")
+    return proc
+
+
+def _input_text(req: BuildRequest) -> tuple[str, str]:
+    """(what the lock is resolved from, a label for messages)."""
+    if req.requirements is not None:
+        if not req.requirements.is_file():
+            raise UsageError(f"no such file: {req.requirements}")
+        return req.requirements.read_text(encoding="utf-8"), req.requirements.name
+    if not req.specs:
+        raise UsageError("nothing to build: give requirements (SPEC...), -r requirements.txt or pyproject.toml")
+    return "\n".join(req.specs) + "\n", "the command line"
+
+
+def default_lock_path(req: BuildRequest) -> Path | None:
+    if req.lock_path is not None:
+        return req.lock_path
+    if req.requirements is None:
+        return None  # specs on the command line: the lock lives in the store only
+    if req.requirements.name == "pyproject.toml":
+        return req.requirements.with_name("requirements.lock")
+    return req.requirements.with_suffix(".lock")
+
+
+def lock_for(req: BuildRequest, python: dict[str, str]) -> tuple[str, Path | None, bool]:
+    """The lock text (resolving only when needed), where it was written, and whether it was resolved."""
+    text, label = _input_text(req)
+    if req.requirements is not None and req.requirements.name != "pyproject.toml" and locks.is_lock(text):
+        return text, req.requirements, False  # already a lock: build exactly that
+    header = {"input": label, "input-sha256": hashlib.sha256(text.encode()).hexdigest(),
+              "python": f"{python['implementation']}-{python['version']}", "platform": python["platform"]}
+    lock_path = default_lock_path(req)
+    if lock_path is not None and lock_path.is_file() and not req.upgrade:
+        existing = lock_path.read_text(encoding="utf-8")
+        try:
+            parsed = locks.parse(existing, str(lock_path))
+        except VockerError:
+            parsed = None
+        if parsed is not None and all(parsed.header.get(k) == v for k, v in header.items()):
+            return existing, lock_path, False  # same input, same interpreter: the lock stands
+    with tempfile.TemporaryDirectory(prefix="vocker-lock-") as tmp:
+        source = req.requirements if req.requirements is not None else Path(tmp, "requirements.in")
+        if req.requirements is None:
+            source.write_text(text, encoding="utf-8")
+        out = Path(tmp, "requirements.lock")
+        _run_uv(["pip", "compile", str(source), "--generate-hashes", "--no-header", "--quiet",
+                 "--python", python["executable"], "-o", str(out), *req.index.uv_args()],
+                f"cannot resolve the requirements from {label}")
+        resolved = locks.render_header(header) + out.read_text(encoding="utf-8")
+    locks.parse(resolved, "resolved lock")  # uv's output must be a complete lock
+    if lock_path is not None:
+        _write_atomic(lock_path, resolved)
+    return resolved, lock_path, True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def lookup(store: Store, key: str) -> str | None:
+    """The image built for a cache key, if it is still in the store."""
+    with store.read() as conn:
+        image_id = conn.scalar(select(db.builds.c.image_id).where(db.builds.c.key == key))
+    return image_id if image_id is not None and store.has_image(image_id) else None
+
+
+def build_record(store: Store, image_id: str) -> dict[str, object] | None:
+    with store.read() as conn:
+        row = conn.execute(select(db.builds).where(db.builds.c.image_id == image_id)
+                           .order_by(db.builds.c.created.desc())).first()
+    if row is None:
+        return None
+    return {"key": row.key, "lock": row.lock, **json.loads(row.info)}
+
+
+def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: Path) -> None:
+    """A fresh venv at ``dest`` with exactly the locked distributions."""
+    _run_uv(["venv", "--quiet", "--python", python["executable"], "--no-python-downloads", str(dest)],
+            "cannot create the build venv")
+    lock_file = dest.parent / "requirements.lock"
+    lock_file.write_text(lock_text, encoding="utf-8")
+    _run_uv(["pip", "sync", "--quiet", "--require-hashes", "--python", str(dest / "bin" / "python"),
+             str(lock_file), *index.uv_args()], "cannot install the lock")
+
+
+def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,
+          test: Callable[[str], int] | None = None, reporter: Reporter | None = None,
+          on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
+    started = time.perf_counter()
+    python = find_requested(req.python)
+    lock_text, lock_path, resolved = lock_for(req, python)
+    lock = locks.parse(lock_text, str(lock_path or "lock"))
+    key = locks.cache_key(lock, python, OPTIONS)
+    if lock_only:
+        return BuildResult(None, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
+    image_id = lookup(store, key)
+    if image_id is not None:
+        if tag is not None:
+            with store.write() as conn:
+                store.set_tag(conn, tag, image_id)
+        return BuildResult(image_id, True, lock_path, lock_text, key, resolved, time.perf_counter() - started)
+    with tempfile.TemporaryDirectory(prefix="vocker-build-") as tmp:
+        env = Path(tmp, "env")
+        on_step(f"installing {len(lock.pins)} locked distributions with uv")
+        install(lock_text, python, req.index, env)
+        result = import_tree(store, env, None, python=Path(python["executable"]), reporter=reporter)
+    image_id = result.image_id
+    if test is not None:
+        code = test(image_id)
+        if code != 0:
+            raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not tagged")
+    info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
+            "options": OPTIONS, "input": lock.header.get("input", str(lock_path or "")),
+            "pins": len(lock.pins), "index": attrs.asdict(req.index)}
+    with store.write() as conn:
+        conn.execute(insert(db.builds).on_conflict_do_update(
+            index_elements=["key"], set_={"image_id": image_id, "lock": lock_text, "info": json.dumps(info)}),
+            {"key": key, "image_id": image_id, "lock": lock_text, "info": json.dumps(info), "created": time.time()})
+        if tag is not None:
+            store.set_tag(conn, tag, image_id)
+    return BuildResult(image_id, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
+
+
+@attrs.frozen
+class AuditResult:
+    image_id: str
+    rebuilt_id: str
+    differences: tuple[str, ...]
+
+    @property
+    def matches(self) -> bool:
+        return self.image_id == self.rebuilt_id
+
+
+def audit(store: Store, ref: str, index: IndexOptions | None = None,
+          on_step: Callable[[str], None] = lambda _msg: None) -> AuditResult:
+    """Rebuild an image from its recorded lock in a fresh place and compare the IDs.
+
+    Packages come from the indexes the build used, unless ``index`` says otherwise.
+    """
+    from .treediff import diff
+
+    image_id = store.resolve(ref)
+    record = build_record(store, image_id)
+    if record is None:
+        raise UsageError(f"image {ref} has no build record (it was imported, not built): nothing to rebuild from")
+    python_facts = record["python"]
+    assert isinstance(python_facts, dict)
+    if index is None:
+        recorded = record.get("index") or {}
+        assert isinstance(recorded, dict)
+        index = IndexOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+    python = find_requested(str(python_facts["version"]))
+    if (python["soabi"], python["platform"]) != (python_facts["soabi"], python_facts["platform"]):
+        raise UsageError(f"image {ref} was built for {python_facts['soabi']} on {python_facts['platform']}; "
+                         f"this machine has {python['soabi']} on {python['platform']}")
+    with tempfile.TemporaryDirectory(prefix="vocker-audit-") as tmp:
+        scratch = Store.open(Path(tmp, "store"))  # fresh: nothing cached can hide a difference
+        on_step(f"rebuilding from the recorded lock ({record['pins']} distributions)")
+        env = Path(tmp, "rebuild", "env")
+        env.parent.mkdir()
+        install(str(record["lock"]), python, index, env)
+        rebuilt = import_tree(scratch, env, None, python=Path(python["executable"])).image_id
+        differences = () if rebuilt == image_id else tuple(diff(store, image_id, scratch, rebuilt))
+        scratch.engine.dispose()
+    return AuditResult(image_id, rebuilt, differences)
