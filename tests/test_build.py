@@ -174,3 +174,15 @@ def test_corrupt_lock_is_one_clear_error(build, project: Path) -> None:
     assert "unsupported hash" in one_error_line(build("lookup", "bad.lock", check=False))
     (project / "half.lock").write_text("alpha>=1\n")
     assert "not pinned with hashes" in one_error_line(build("lookup", "half.lock", check=False))
+
+
+def test_pip_fallback_builds_and_audits(build, vocker, uv_env, project: Path) -> None:
+    env = dict(uv_env, VOCKER_INSTALLER="pip")
+    out = vocker("build", "beta", *build.index, "-t", "viapip", env=env, cwd=project).stdout
+    assert "built" in out
+    info = json.loads(build("image", "inspect", "viapip").stdout)["build"]
+    assert info["options"]["installer"] == "pip" and "beta==1.0" in info["lock"] and "--hash=sha256:" in info["lock"]
+    again = vocker("build", "beta", *build.index, "-t", "viapip", env=env, cwd=project).stdout
+    assert "cached: nothing installed" in again
+    assert build("audit", "viapip").stdout.startswith("OK")
+    assert build("run", "viapip", "--", "python", "-c", "import beta; print(beta.value())").stdout.strip() == "20"

@@ -32,8 +32,21 @@ from .progress import Reporter
 from .pythons import find_requested
 from .store import Store
 
-#: Build options that are part of the cache key.
-OPTIONS = {"installer": "uv"}
+def installer() -> str:
+    """uv, or pip where uv cannot run (or VOCKER_INSTALLER=pip asks for it)."""
+    wanted = os.environ.get("VOCKER_INSTALLER", "")
+    if wanted not in ("", "uv", "pip"):
+        raise UsageError(f"VOCKER_INSTALLER must be 'uv' or 'pip', not {wanted!r}")
+    if wanted == "pip":
+        return "pip"
+    if wanted == "uv" or shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv"):
+        return "uv"
+    return "pip"
+
+
+def options() -> dict[str, str]:
+    """Build options that are part of the cache key (the installer writes INSTALLER and RECORD)."""
+    return {"installer": installer()}
 
 
 class BuildError(VockerError):
@@ -168,9 +181,14 @@ def lock_for(req: BuildRequest, python: dict[str, str]) -> tuple[str, Path | Non
         if req.requirements is None:
             source.write_text(text, encoding="utf-8")
         out = Path(tmp, "requirements.lock")
-        _run_uv(["pip", "compile", str(source), "--generate-hashes", "--no-header", "--quiet",
-                 "--python", python["executable"], "-o", str(out), *req.index.uv_args()],
-                f"cannot resolve the requirements from {label}")
+        what = f"cannot resolve the requirements from {label}"
+        if installer() == "uv":
+            _run_uv(["pip", "compile", str(source), "--generate-hashes", "--no-header", "--quiet",
+                     "--python", python["executable"], "-o", str(out), *req.index.uv_args()], what)
+        else:
+            if source.name == "pyproject.toml":
+                raise UsageError("resolving pyproject.toml needs uv (pip install uv)")
+            _pip_compile(python, source, out, req.index, what)
         resolved = locks.render_header(header) + out.read_text(encoding="utf-8")
     locks.parse(resolved, "resolved lock")  # uv's output must be a complete lock
     if lock_path is not None:
@@ -203,8 +221,38 @@ def build_record(store: Store, image_id: str) -> dict[str, object] | None:
     return {"key": row.key, "lock": row.lock, **json.loads(row.info)}
 
 
-def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: Path) -> None:
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+        raise BuildError(f"{what}: {'; '.join(lines[-2:]) or f'exit code {proc.returncode}'}")
+
+
+def _pip_compile(python: dict[str, str], source: Path, out: Path, index: IndexOptions, what: str) -> None:
+    """The pip fallback: a dry-run install report gives the resolved set and each artifact's sha256."""
+    report = out.with_suffix(".json")
+    _run([python["executable"], "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+          "--disable-pip-version-check", "--report", str(report), "-r", str(source), *index.uv_args()], what)
+    lines = []
+    for item in json.loads(report.read_text())["install"]:
+        archive = item.get("download_info", {}).get("archive_info", {})
+        sha = archive.get("hashes", {}).get("sha256") or (archive.get("hash") or "").partition("sha256=")[2]
+        if not sha:
+            raise BuildError(f"{what}: pip reported no sha256 for {item['metadata']['name']}")
+        lines.append(f"{item['metadata']['name']}=={item['metadata']['version']} \\\n    --hash=sha256:{sha}\n")
+    out.write_text("".join(sorted(lines, key=str.lower)))
+
+
+def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: Path, tool: str = "uv") -> None:
     """A fresh venv at ``dest`` with exactly the locked distributions."""
+    if tool == "pip":
+        lock_file = dest.parent / "requirements.lock"
+        lock_file.write_text(lock_text, encoding="utf-8")
+        _run([python["executable"], "-m", "venv", "--without-pip", str(dest)], "cannot create the build venv")
+        _run([python["executable"], "-m", "pip", "--python", str(dest / "bin" / "python"), "install", "--quiet",
+              "--disable-pip-version-check", "--no-deps", "--require-hashes", "-r", str(lock_file),
+              *index.uv_args()], "cannot install the lock")
+        return
     _run_uv(["venv", "--quiet", "--python", python["executable"], "--no-python-downloads", str(dest)],
             "cannot create the build venv")
     lock_file = dest.parent / "requirements.lock"
@@ -220,7 +268,7 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
     python = find_requested(req.python)
     lock_text, lock_path, resolved = lock_for(req, python)
     lock = locks.parse(lock_text, str(lock_path or "lock"))
-    key = locks.cache_key(lock, python, OPTIONS)
+    key = locks.cache_key(lock, python, options())
     if lock_only:
         return BuildResult(None, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
     image_id = lookup(store, key)
@@ -231,8 +279,8 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
         return BuildResult(image_id, True, lock_path, lock_text, key, resolved, time.perf_counter() - started)
     with tempfile.TemporaryDirectory(prefix="vocker-build-") as tmp:
         env = Path(tmp, "env")
-        on_step(f"installing {len(lock.pins)} locked distributions with uv")
-        install(lock_text, python, req.index, env)
+        on_step(f"installing {len(lock.pins)} locked distributions with {installer()}")
+        install(lock_text, python, req.index, env, installer())
         result = import_tree(store, env, None, python=Path(python["executable"]), reporter=reporter)
     image_id = result.image_id
     if test is not None:
@@ -240,7 +288,7 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
         if code != 0:
             raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not tagged")
     info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
-            "options": OPTIONS, "input": lock.header.get("input", str(lock_path or "")),
+            "options": options(), "input": lock.header.get("input", str(lock_path or "")),
             "pins": len(lock.pins), "index": attrs.asdict(req.index)}
     with store.write() as conn:
         conn.execute(insert(db.builds).on_conflict_do_update(
@@ -289,7 +337,9 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         on_step(f"rebuilding from the recorded lock ({record['pins']} distributions)")
         env = Path(tmp, "rebuild", "env")
         env.parent.mkdir()
-        install(str(record["lock"]), python, index, env)
+        recorded_options = record.get("options") or {}
+        assert isinstance(recorded_options, dict)
+        install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")))
         rebuilt = import_tree(scratch, env, None, python=Path(python["executable"])).image_id
         differences = () if rebuilt == image_id else tuple(diff(store, image_id, scratch, rebuilt))
         scratch.engine.dispose()

@@ -302,12 +302,12 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
 def lookup_cmd(lockfile: Path, python: str | None) -> None:
     """Is there a stored image for this lock? Prints it (exit 0) or says no (exit 1)."""
     from . import locks
-    from .build import OPTIONS, lookup
+    from .build import lookup, options
     from .pythons import find_requested
 
     lock = locks.parse(lockfile.read_text(encoding="utf-8"), str(lockfile))
     info = find_requested(python)
-    key = locks.cache_key(lock, info, OPTIONS)
+    key = locks.cache_key(lock, info, options())
     store = _store()
     image_id = lookup(store, key)
     if image_id is None:
