@@ -62,8 +62,12 @@ def main(config: dict[str, Any]) -> int:
             threading.Thread(target=_watch_owner, args=(config["owner_pid"], config["mountpoint"]),
                              daemon=True).start()
         log.info("serving container %s (image %s) at %s", name, config["image_id"], config["mountpoint"])
+        def ready() -> None:
+            report(f"ok {os.getpid()}")
+            threading.Thread(target=view.warm, daemon=True).start()
+
         serve(view, config["mountpoint"], name=name, read_only=config["read_only"], audit=config["audit"],
-              on_ready=lambda: report(f"ok {os.getpid()}"))
+              on_ready=ready)
     except BaseException as exc:  # reported to the waiting parent as one line
         log.exception("mount failed")
         report(f"error: {exc}")

@@ -242,7 +242,7 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
     if record is not None:
         deadline = time.monotonic() + (2 if force else 10)
         while pid_alive(record.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.005)
         if pid_alive(record.pid) and force:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)

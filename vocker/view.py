@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 import attrs
 from cachetools import LRUCache
@@ -113,6 +113,9 @@ class _LowerHandle:
     data: bytes | None
     reader: BlobReader | None
     parts: Parts = ()
+    #: not loaded yet: with the kernel's page cache warm, most opens never read
+    node: Lower | None = None
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
     #: set once the file was copied up: reads then see the writable copy, as overlayfs does
     upper_fd: int = -1
 
@@ -148,12 +151,15 @@ class ContainerView:
         facts = self.manifest.python
         self.facts = facts
         self._lock = threading.RLock()
-        self._children: LRUCache = LRUCache(maxsize=50000)
+        self._children: dict[Parts, dict[str, Lower]] = {}
         self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
         self._contents_lock = threading.Lock()
         self._verified: set[str] = set()
         self._upper_dirs: dict[Parts, UpperDir | None] = {}
         self._handles: dict[int, Handle] = {}
+        self._gen = 0  # even: no change in progress
+        # Plain dicts (atomic under the GIL, unlike an LRU) read by every FUSE thread; bounded by clearing.
+        self._found: dict[Parts, tuple[int, Found]] = {}
         self._next = itertools.count(1)
         self._virtual: dict[Parts, dict[str, Lower]] = {}
         if facts is not None and interpreter is not None:
@@ -169,6 +175,23 @@ class ContainerView:
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
         if self.work is not None:
             self.work.mkdir(parents=True, exist_ok=True)
+
+    def warm(self) -> None:
+        """Load every tree node and blob record in a few bulk queries (run in the background
+        after mounting: the first cold walk then costs no query per directory or file)."""
+        try:
+            self.store.prefetch_trees(self.manifest.layers[0])
+            digests = []
+            stack = [self.manifest.layers[0]]
+            while stack:
+                for e in self.store.tree(stack.pop()).entries:
+                    if e.kind is Kind.DIR:
+                        stack.append(e.digest)  # type: ignore[arg-type]
+                    elif e.digest is not None:
+                        digests.append(e.digest)
+            self.store.blob_infos(digests)
+        except Exception as exc:  # only a cache warm-up: real reads report real errors
+            log.warning("warming caches failed: %s", exc)
 
     # -- the lower layer -------------------------------------------------------
 
@@ -195,6 +218,8 @@ class ContainerView:
                 e.name.endswith(".py") and not e.template and e.kind is Kind.FILE for e in entries) and \
                 bytecode.in_lib(parts, self.facts.lib):  # type: ignore[union-attr]
             children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
+        if len(self._children) > 100_000:
+            self._children.clear()
         self._children[parts] = children
         return children
 
@@ -310,11 +335,33 @@ class ContainerView:
         self._upper_dirs[parts] = ud
         return ud
 
+    @contextlib.contextmanager
+    def _mutating(self) -> Iterator[None]:
+        """Serialise changes; bumping the generation before and after voids memoised lookups."""
+        with self._lock:
+            self._gen += 1
+            try:
+                yield
+            finally:
+                self._gen += 1
+
     def _upper_is_dir(self, parts: Parts) -> bool:
         return self._upper_dir(parts) is not None
 
     def find(self, parts: Parts) -> Found:
         """Where ``parts`` lives; ENOENT/ENOTDIR like a lookup would. No syscalls once warm."""
+        hit = self._found.get(parts)
+        if hit is not None and hit[0] == self._gen:
+            return hit[1]
+        gen = self._gen
+        found = self._find(parts)
+        if gen == self._gen and gen % 2 == 0:  # no change ran meanwhile
+            if len(self._found) > 200_000:
+                self._found.clear()
+            self._found[parts] = (gen, found)
+        return found
+
+    def _find(self, parts: Parts) -> Found:
         lower_ok = True
         in_upper = self.upper is not None  # the root always exists in the upper layer
         for i, name in enumerate(parts):
@@ -389,7 +436,7 @@ class ContainerView:
         writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND)
         if writing:
             self._writable(parts)
-            with self._lock:
+            with self._mutating():
                 self._copy_up(parts, self.find(parts))
         found = self.find(parts)
         if found.upper:
@@ -401,8 +448,7 @@ class ContainerView:
             assert found.lower is not None
             if found.lower.kind is Kind.DIR:
                 raise _err(errno.EISDIR, parts)
-            handle = self._open_lower(found.lower)
-            handle.parts = parts
+            handle = _LowerHandle(None, None, parts, found.lower)
         fh = next(self._next)
         self._handles[fh] = handle
         return fh
@@ -413,6 +459,11 @@ class ContainerView:
             return os.pread(h.fd, size, offset)
         if h.upper_fd >= 0:
             return os.pread(h.upper_fd, size, offset)
+        if h.node is not None:  # first read: load (and verify) now
+            with h.lock:
+                if h.node is not None:
+                    loaded = self._open_lower(h.node)
+                    h.data, h.reader, h.node = loaded.data, loaded.reader, None
         if h.data is not None:
             return h.data[offset:offset + size]
         assert h.reader is not None
@@ -549,7 +600,7 @@ class ContainerView:
         return self._drop_whiteout(parts)
 
     def create(self, parts: Parts, mode: int, flags: int) -> int:
-        with self._lock:
+        with self._mutating():
             self._prepare_new(parts)
             fd = os.open(self._upath(parts), (flags | os.O_CREAT | os.O_EXCL) | getattr(os, "O_CLOEXEC", 0),
                          mode & 0o7777)
@@ -577,13 +628,13 @@ class ContainerView:
             h.written = True
             return
         self._writable(parts)
-        with self._lock:
+        with self._mutating():
             self._copy_up(parts, self.find(parts))
             os.truncate(self._upath(parts), length)
             self._changed(parts)
 
     def mkdir(self, parts: Parts, mode: int) -> None:
-        with self._lock:
+        with self._mutating():
             replaced = self._prepare_new(parts)
             os.mkdir(self._upath(parts), mode & 0o7777)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
@@ -592,13 +643,13 @@ class ContainerView:
                 self._make_opaque(parts)  # delete-then-recreate: the old lower contents must stay gone
 
     def symlink(self, parts: Parts, target: str) -> None:
-        with self._lock:
+        with self._mutating():
             self._prepare_new(parts)
             os.symlink(target, self._upath(parts))
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
 
     def link(self, existing: Parts, parts: Parts) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             src = self.find(existing)
             if self._is_dir(existing, src):
@@ -610,7 +661,7 @@ class ContainerView:
             self._invalidate_links(parts, os.lstat(self._upath(parts)))  # their link count changed
 
     def unlink(self, parts: Parts) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             found = self.find(parts)
             if found.upper:
@@ -627,7 +678,7 @@ class ContainerView:
                 self._whiteout(parts)
 
     def rmdir(self, parts: Parts) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             if not parts:
                 raise _err(errno.EBUSY)
@@ -644,7 +695,7 @@ class ContainerView:
                 self._whiteout(parts)
 
     def rename(self, old: Parts, new: Parts) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(old)
             self._check_new_name(new)
             src = self.find(old)
@@ -688,21 +739,21 @@ class ContainerView:
                 self._whiteout(old)  # the lower file must not reappear under its old name
 
     def chmod(self, parts: Parts, mode: int) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.chmod(self._upath(parts), mode & 0o7777)
             self._changed(parts)
 
     def chown(self, parts: Parts, uid: int, gid: int) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.chown(self._upath(parts), uid, gid, follow_symlinks=False)
             self._changed(parts)
 
     def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
-        with self._lock:
+        with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
             os.utime(self._upath(parts), ns=times, follow_symlinks=False)
