@@ -78,6 +78,9 @@ FULL_PINS = [
     "httpx==0.28.1", "httpcore==1.0.9", "h11==0.16.0", "anyio==4.16.0",
     "tzdata==2026.6", "pyparsing==3.3.3", "markdown==3.11.3",
 ]
+#: the build part: a 20-distribution environment from the import part's wheels
+BUILD_PINS = [p for p in FULL_PINS if p.split("==")[0] not in (
+    "numpy", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "tzdata", "pyparsing", "markdown")]
 FULL_SMOKE = "import numpy, requests, rich, pydantic, yaml, jinja2, httpx; print(numpy.__version__)"
 
 #: --quick: a small venv for a smoke check of the benchmark itself.
@@ -354,7 +357,59 @@ class Bench:
         self.mount_import = QUICK_IMPORT if self.quick else ENV100_IMPORT
         self.base_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.live_mounts: dict[str, dict[str, str]] = {}  # mount point -> env of the vocker that mounted it
-        self.parts = ["import", "mount"] if args.only == "all" else [args.only]
+        self.parts = ["import", "mount", "build"] if args.only == "all" else [args.only]
+
+    # == build (--only build) =========================================================================
+
+    def build_part(self) -> None:
+        """vocker build of a cached lock (target < 0.3 s) and a cold build, vs uv venv + uv pip sync."""
+        self.fetch_wheels()
+        work = self.fresh(self.scratch / "build")
+        work.mkdir()
+        (work / "requirements.txt").write_text("\n".join(BUILD_PINS) + "\n")
+        index = ["--no-index", "--find-links", str(self.wheels)]
+        uv_env = dict(os.environ, UV_CACHE_DIR=str(self.work / "uv-cache-build"))
+        home = self.fresh(self.stores / "build-lock")
+        env = dict(self.venv_env(home), UV_CACHE_DIR=uv_env["UV_CACHE_DIR"])
+        self.runner.run([self.vocker, "build", "-r", "requirements.txt", *index, "--lock-only"], env=env,
+                        name="build-lock", cwd=work)
+        lock = work / "requirements.lock"
+
+        def uv_sync(tag: str) -> float:
+            d = self.fresh(self.scratch / f"build-uv-{tag}")
+            t0 = time.perf_counter()
+            self.runner.run([self.uv, "venv", "-q", "--python", self.base_python, str(d)], env=uv_env,
+                            name="uv-venv", cwd=work)
+            self.runner.run([self.uv, "pip", "sync", "-q", "--python", str(d / "bin" / "python"), str(lock), *index],
+                            env=uv_env, name="uv-sync", cwd=work)
+            seconds = time.perf_counter() - t0
+            rmtree(d)
+            return seconds
+
+        uv_sync("warm")  # fills the uv cache: the baseline is a warm-cache install
+        cold, uv_times, cached = [], [], []
+        for i in range(self.repeat):
+            home = self.fresh(self.stores / f"build-{i}")
+            env = dict(self.venv_env(home), UV_CACHE_DIR=uv_env["UV_CACHE_DIR"])
+            r = self.runner.run([self.vocker, "build", "-r", "requirements.lock", *index, "-t", "b"], env=env,
+                                name="build-cold", cwd=work)
+            cold.append(r.seconds)
+            uv_times.append(uv_sync(str(i)))
+            for _ in range(3):
+                r = self.runner.run([self.vocker, "build", "-r", "requirements.lock", *index, "-t", "b"], env=env,
+                                    name="build-cached", cwd=work)
+                if "cached" not in r.stdout:
+                    raise BenchError(f"expected a cache hit: {r.stdout}")
+                cached.append(r.seconds)
+        version = [self.runner.run([self.vocker, "--version"], env=env, name="version").seconds for _ in range(3)]
+        base = median(uv_times)
+        self.row("B1 vocker build of an already-cached lock", median(cached), base, 0.3,
+                 f"20 distributions; cache hit, nothing installed; samples {_samples(cached)}; "
+                 f"CLI start-up alone (`vocker --version`) {median(version):.2f} s",
+                 base_name="uv venv + uv pip sync, warm cache")
+        self.row("B2 vocker build, cold (store empty), 20 distributions", median(cold), base, None,
+                 f"resolve skipped (lock given), uv venv + uv pip sync --require-hashes + import; samples "
+                 f"{_samples(cold)}; uv samples {_samples(uv_times)}", base_name="uv venv + uv pip sync, warm cache")
 
     # environment for vocker: a fresh store, never the user's
     def venv_env(self, home: Path) -> dict[str, str]:
@@ -1167,7 +1222,7 @@ class Bench:
         return rows
 
     def table(self, part: str) -> Table:
-        what = "import/export" if part == "import" else "mount layer"
+        what = {"import": "import/export", "mount": "mount layer"}.get(part, part)
         t = Table(title=f"vocker benchmark: {what} ({self.mode}, median of {self.repeat})", show_lines=True)
         for col in ("scenario", "vocker", "baseline", "ratio", "target", "result", "details"):
             t.add_column(col, overflow="fold", ratio=3 if col == "details" else None)
@@ -1210,6 +1265,11 @@ class Bench:
             self.part = "mount"
             self.mount_part()
             self.results["elapsed_mount_s"] = time.perf_counter() - t0
+        if "build" in self.parts:
+            t0 = time.perf_counter()
+            self.part = "build"
+            self.build_part()
+            self.results["elapsed_build_s"] = time.perf_counter() - t0
         elapsed = time.perf_counter() - started
         self.results["elapsed_s"] = elapsed
         self.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -1230,6 +1290,10 @@ class Bench:
             md.append(f"## mount layer ({self.results.get('elapsed_mount_s', 0):.0f} s)\n\n"
                       f"{m['fusermount3']}, mfusepy {m['mfusepy']}, kernel {m['kernel']}, {m['filesystem']}, "
                       f"RAM {m['mem_total']}\n\n" + self.mount_facts_md() + "\n" + self.markdown("mount"))
+        if "build" in self.parts:
+            md.append(f"\n## build ({self.results.get('elapsed_build_s', 0):.0f} s)\n\n"
+                      f"{len(BUILD_PINS)} pinned distributions from the import part's wheels, offline "
+                      f"(--no-index --find-links), warm uv cache\n\n" + self.markdown("build"))
         (self.work / "results.md").write_text("".join(md))
         for part in self.parts:
             console.print(self.table(part))
@@ -1492,7 +1556,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "tar, python imports and a big read (WORK/profile-mount.txt)")
     p.add_argument("--rebuild", action="store_true", help="re-create the test venvs (and the generated file) "
                    "even if cached")
-    p.add_argument("--only", choices=("import", "mount", "all"), default="all",
+    p.add_argument("--only", choices=("import", "mount", "build", "all"), default="all",
                    help="run only the import/export part or only the mount-layer part (default: all)")
     args = p.parse_args(argv)
     args.argv = argv
