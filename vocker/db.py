@@ -67,17 +67,6 @@ builds = Table(
     Column("created", Float, nullable=False),
 )
 
-#: What an earlier import made of a file, by path and stat facts (like git's index), so an
-#: unchanged venv is re-imported without reading it. Only a cache: gc empties it.
-import_cache = Table(
-    "import_cache", metadata,
-    Column("path", String, primary_key=True),
-    Column("context", String, nullable=False),  # the venv location and normalisation rules
-    Column("stat", String, nullable=False),  # size, mtime_ns, ctime_ns, inode, mode
-    Column("outcome", LargeBinary, nullable=True),  # canonical CBOR of the tree entry; NULL: dropped
-    Column("templated", Boolean, nullable=False),
-)
-
 #: Images whose every source has cached bytecode for an interpreter magic (mounts skip the check).
 pyc_images = Table(
     "pyc_images", metadata,

@@ -1,22 +1,27 @@
-"""Re-importing an unchanged venv without reading it: a per-path cache of import outcomes.
+"""Re-importing an unchanged venv without reading it: a per-directory cache of import outcomes.
 
 Like git's index, a file whose size, mtime, ctime, inode and mode are unchanged is
-taken to be unchanged. Files modified within the last two seconds are not cached,
-so an edit in the same timestamp tick is never missed. ``--rehash`` bypasses it.
+taken to be unchanged. Files modified within the last two seconds are not cached, so
+an edit in the same timestamp tick is never missed. ``--rehash`` bypasses the cache.
+
+One compressed CBOR file per imported directory (and venv location), under the
+store's ``cache/import/``: only a cache — a missing, stale or damaged file just
+means files are read again; gc deletes them all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
+from pathlib import Path
 from typing import Iterable
 
 import attrs
-from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.engine import Connection
+import pyzstd
 
-from . import cbor, db
+from . import cbor
 from .store import Store
 from .tree import Entry
 
@@ -39,29 +44,36 @@ def context_for(given: str, real: str | None) -> str:
     return f"{RULES}|{given}|{real or ''}"
 
 
-def load(store: Store, root: str, context: str) -> dict[str, tuple[str, Outcome]]:
-    """path -> (stat key, outcome) for everything cached below ``root``."""
-    lo, hi = root.rstrip("/") + "/", root.rstrip("/") + "0"  # "0" sorts right after "/"
-    out = {}
-    with store.read() as conn:
-        rows = conn.execute(select(db.import_cache).where(db.import_cache.c.path >= lo, db.import_cache.c.path < hi,
-                                                          db.import_cache.c.context == context))
-        for r in rows:
-            try:
-                entry = Entry.from_cbor(cbor.loads(r.outcome, "cache entry")) if r.outcome is not None else None
-            except Exception:  # a bad cache row is just a miss
-                continue
-            out[r.path] = (r.stat, Outcome(entry, bool(r.templated)))
-    return out
+def cache_dir(store: Store) -> Path:
+    return store.root / "cache" / "import"
 
 
-def save(conn: Connection, context: str, rows: Iterable[tuple[str, os.stat_result, Outcome]]) -> None:
-    """Record outcomes of files old enough not to change again within their timestamp tick."""
+def _file(store: Store, context: str) -> Path:
+    return cache_dir(store) / (hashlib.sha256(context.encode("utf-8", "surrogateescape")).hexdigest() + ".cbor.zst")
+
+
+def load(store: Store, context: str) -> dict[str, tuple[str, Outcome]]:
+    """path -> (stat key, outcome) recorded by the last import of this directory."""
+    try:
+        raw = cbor.loads(pyzstd.decompress(_file(store, context).read_bytes()), "import cache")
+        if raw.get("context") != context:
+            return {}
+        out = {}
+        for path, (key, entry, templated) in raw["files"].items():
+            out[path] = (key, Outcome(Entry.from_cbor(entry) if entry is not None else None, bool(templated)))
+        return out
+    except Exception:  # absent or damaged: a cache miss, never an error
+        return {}
+
+
+def save(store: Store, context: str, rows: Iterable[tuple[str, os.stat_result, Outcome]]) -> None:
+    """Replace the cache of this directory (files too young to trust are left out)."""
     cutoff = (time.time() - RACY_SECONDS) * 1e9
-    values = [{"path": path, "context": context, "stat": stat_key(st), "templated": o.templated,
-               "outcome": cbor.dumps(o.entry.to_cbor()) if o.entry is not None else None}
-              for path, st, o in rows if st.st_mtime_ns < cutoff and st.st_ctime_ns < cutoff]
-    if values:
-        stmt = insert(db.import_cache)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["path"], set_={
-            c: stmt.excluded[c] for c in ("context", "stat", "outcome", "templated")}), values)
+    files = {path: [stat_key(st), o.entry.to_cbor() if o.entry is not None else None, o.templated]
+             for path, st, o in rows if st.st_mtime_ns < cutoff and st.st_ctime_ns < cutoff}
+    target = _file(store, context)
+    with contextlib.suppress(OSError):  # a cache that cannot be written is no error
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pyzstd.compress(cbor.dumps({"v": 1, "context": context, "files": files}), 3))
+        os.replace(tmp, target)

@@ -164,10 +164,10 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
     context = importcache.context_for(given, real)
     with store.lock_shared():
         ingest = _Ingest(store, store.blob_digests())
-        cached = {} if rehash else importcache.load(store, given, context)
+        cached = {} if rehash else importcache.load(store, context)
         templated: set[str] = set()
         dropped: set[str] = set()
-        fresh: list[tuple[str, os.stat_result, importcache.Outcome]] = []
+        seen: list[tuple[str, os.stat_result, importcache.Outcome]] = []
         hits: list[str] = []
 
         def process(task: FileTask) -> Entry | None:
@@ -180,11 +180,12 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
                     _note(outcome, rel)
                     with ingest.lock:
                         hits.append(rel)
+                        seen.append((task.path, task.st, outcome))
                     return outcome.entry
             outcome = _outcome(task, _read(task.path))
             _note(outcome, rel)
             with ingest.lock:
-                fresh.append((task.path, task.st, outcome))
+                seen.append((task.path, task.st, outcome))
             return outcome.entry
 
         def _note(outcome: importcache.Outcome, rel: str) -> None:
@@ -235,7 +236,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
             new = store.record_image(conn, image_id, manifest_bytes, size, files, provenance)
             if tag is not None:
                 store.set_tag(conn, tag, image_id)
-            importcache.save(conn, context, fresh)
+        importcache.save(store, context, seen)
     return ImportResult(
         image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(infos),
         new_stored_bytes=sum(i.stored_size for i in infos), tag=tag,

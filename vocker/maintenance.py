@@ -150,7 +150,7 @@ def gc(store: Store) -> GcResult:
         dead_blobs = set(rows) - blobs
         for d in dead_blobs:
             conn.execute(delete(db.blobs).where(db.blobs.c.digest == d))
-        conn.execute(delete(db.import_cache))  # it may name freed blobs; rebuilt by the next import
+
     # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
     freed = 0
     orphans = 0
@@ -163,6 +163,7 @@ def gc(store: Store) -> GcResult:
         except FileNotFoundError:
             continue
         orphans += digest not in rows
+    shutil.rmtree(store.root / "cache" / "import", ignore_errors=True)  # may name freed blobs; rebuilt on import
     for leftover in store.blobs.tmp_dir.iterdir():  # interrupted writes; no writer runs under the lock
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
