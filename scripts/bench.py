@@ -452,15 +452,18 @@ class Bench:
     # -- step 0: wheels -----------------------------------------------------------------------------
 
     def fetch_wheels(self) -> None:
-        wanted = sorted(set(FULL_PINS + QUICK_PINS + EXTRAS))
-        stamp = self.wheels / f".complete-{spec_hash(wanted)}"
+        self.download_wheels(self.wheels, sorted(set(FULL_PINS + QUICK_PINS + EXTRAS)), "wheels", "pip-download")
+
+    def download_wheels(self, dest: Path, wanted: list[str], label: str, logname: str) -> None:
+        """pip download of pinned wheels once; later runs are offline."""
+        stamp = dest / f".complete-{spec_hash(wanted)}"
         if stamp.exists():
-            log(f"wheels: cached in {self.wheels} (offline)")
+            log(f"{label}: cached in {dest} (offline)")
             return
-        self.wheels.mkdir(parents=True, exist_ok=True)
-        log(f"wheels: pip download of {len(wanted)} pinned requirements into {self.wheels}")
+        dest.mkdir(parents=True, exist_ok=True)
+        log(f"{label}: pip download of {len(wanted)} pinned requirements into {dest}")
         self.runner.run([self.python, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                         "-d", str(self.wheels), *wanted], name="pip-download")
+                         "-d", str(dest), *wanted], name=logname)
         stamp.touch()
 
     # -- step 1: the realistic venv -----------------------------------------------------------------
@@ -774,15 +777,7 @@ class Bench:
 
     def fetch_mount_wheels(self) -> None:
         wanted = sorted(set(SMALL_PINS + (QUICK_PINS if self.quick else ENV100_PINS)))
-        stamp = self.mount_wheels / f".complete-{spec_hash(wanted)}"
-        if stamp.exists():
-            log(f"mount wheels: cached in {self.mount_wheels} (offline)")
-            return
-        self.mount_wheels.mkdir(parents=True, exist_ok=True)
-        log(f"mount wheels: pip download of {len(wanted)} pinned requirements into {self.mount_wheels}")
-        self.runner.run([self.python, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                         "-d", str(self.mount_wheels), *wanted], name="pip-download-mount")
-        stamp.touch()
+        self.download_wheels(self.mount_wheels, wanted, "mount wheels", "pip-download-mount")
 
     def uv_venv(self, name: str, pins: list[str]) -> Path:
         """A venv made with `python -m venv --without-pip` + `uv pip install` (copy mode, offline)."""
