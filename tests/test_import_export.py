@@ -8,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 
 def image_id(vocker, ref: str) -> str:  # type: ignore[no-untyped-def]

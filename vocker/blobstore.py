@@ -175,7 +175,7 @@ class BlobFiles:
         h = hashlib.sha256()
         total = 0
         if codec == ZSTD:  # one frame of at most FRAME_SIZE: simply decode it
-            data = self.read(digest, codec, size)
+            self.read(digest, codec, size)
             return
         try:
             f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD_SEEKABLE else open(self.path(digest), "rb")

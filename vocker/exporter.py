@@ -23,7 +23,7 @@ from .errors import UsageError, VockerError
 from .parallel import pmap
 from .progress import NullReporter, Reporter
 from .pythons import find_interpreter
-from .scaffold import File, Link, scaffold
+from .scaffold import Link, scaffold
 from .store import Store
 from .tree import Entry, Kind
 

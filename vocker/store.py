@@ -8,6 +8,7 @@ missing, whatever moment a crash strikes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,16 +18,15 @@ from typing import Any, Iterable, Iterator
 
 import attrs
 from cachetools import LRUCache
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-import contextlib
 
 from . import db, locking, refs
 from .blobstore import BlobFiles, BlobInfo
 from .digest import digest_bytes
-from .errors import FormatError, IntegrityError, MissingObjectError, UsageError, VockerError
+from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
 from .manifest import Manifest
 from .tree import Tree

@@ -35,7 +35,7 @@ from . import bytecode, template
 from .blobstore import BlobReader
 from .errors import VockerError
 from .manifest import Manifest
-from .scaffold import File, Link, scaffold
+from .scaffold import Link, scaffold
 from .store import Store
 from .tree import Entry, Kind
 
