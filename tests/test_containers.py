@@ -451,3 +451,22 @@ def test_pytest_plugin_fixture_unmounts_pass_or_fail(img: str, vocker, vocker_ho
     assert query(vocker_home, "SELECT * FROM mounts") == []
     assert query(vocker_home, "SELECT name FROM containers") == []
     assert wait_for(lambda: daemon_pids(tmp_path) == [], timeout=5)
+
+
+def test_audit_mount_is_read_only_noexec_and_shows_raw_contents(img: str, vocker, tmp_path: Path) -> None:
+    m = tmp_path / "audit"
+    vocker("mount", "--audit", img, m)
+    try:
+        options = next(line.split()[3] for line in proc_mounts_text().splitlines()
+                       if line.split()[1] == os.path.realpath(m))
+        assert {"ro", "noexec", "nosuid", "nodev"} <= set(options.split(","))
+        script = m / "bin" / "alpha-cli"
+        assert script.read_text().startswith("{{vocker:shebang}}")  # no template rendered, no interpreter chosen
+        assert not os.access(script, os.X_OK) or run(script, check=False).returncode != 0
+        assert not (m / "pyvenv.cfg").exists() and not (m / "bin" / "python").exists()
+        with pytest.raises(OSError) as exc:
+            (m / "new.txt").write_text("x")
+        assert exc.value.errno == errno.EROFS
+    finally:
+        vocker("unmount", m)
+    assert_unmounted(m)
