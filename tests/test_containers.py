@@ -470,3 +470,12 @@ def test_audit_mount_is_read_only_noexec_and_shows_raw_contents(img: str, vocker
     finally:
         vocker("unmount", m)
     assert_unmounted(m)
+
+
+def test_shell_runs_the_users_shell_with_the_environment_active(img: str, vocker) -> None:
+    proc = vocker("shell", img, input='echo "venv=$VIRTUAL_ENV"; python -c "import alpha; print(alpha.VALUE)"; exit 3\n',
+                  env={"SHELL": "/bin/sh"}, check=False)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("venv=/") and lines[1] == "1"
+    assert vocker("ps").stdout.splitlines()[1:] == []
