@@ -30,6 +30,9 @@ from .store import Store
 
 READY_TIMEOUT = 60.0
 
+#: Daemons this (multi-threaded) process started as children, kept so they can be reaped.
+_spawned: list[subprocess.Popen] = []
+
 
 def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
@@ -172,11 +175,12 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
         os.close(w)
         os.waitpid(child, 0)
         return
+    _spawned[:] = [p for p in _spawned if p.poll() is None]  # reap daemons that have exited since
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "vocker.daemon", json.dumps(config)], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, pass_fds=(w,), start_new_session=True)
     os.close(w)
-    proc.returncode = 0  # reaped by whoever; we only talk through the pipe
+    _spawned.append(proc)
 
 
 def _wait_ready(fd: int) -> str:
