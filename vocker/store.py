@@ -254,21 +254,27 @@ class Store:
             self.set_tag(conn, tag, image_id)
         return tag
 
-    def images(self) -> list[ImageRecord]:
+    def images(self, image_id: str | None = None) -> list[ImageRecord]:
+        """All images, newest first (or just ``image_id``)."""
+        tag_q = select(db.tags.c.name, db.tags.c.image_id).order_by(db.tags.c.name)
+        img_q = select(db.images).order_by(db.images.c.created.desc())
+        if image_id is not None:
+            tag_q = tag_q.where(db.tags.c.image_id == image_id)
+            img_q = img_q.where(db.images.c.id == image_id)
         with self.read() as conn:
-            tag_rows = conn.execute(select(db.tags.c.name, db.tags.c.image_id).order_by(db.tags.c.name)).all()
-            rows = conn.execute(select(db.images).order_by(db.images.c.created.desc())).all()
+            tag_rows = conn.execute(tag_q).all()
+            rows = conn.execute(img_q).all()
         by_image: dict[str, list[str]] = {}
-        for name, image_id in tag_rows:
-            by_image.setdefault(image_id, []).append(name)
+        for name, tagged in tag_rows:
+            by_image.setdefault(tagged, []).append(name)
         return [ImageRecord(r.id, r.size, r.files, r.created, json.loads(r.provenance),
                             tuple(by_image.get(r.id, ()))) for r in rows]
 
     def image(self, image_id: str) -> ImageRecord:
-        for rec in self.images():
-            if rec.id == image_id:
-                return rec
-        raise UsageError(f"no such image: {image_id}")
+        found = self.images(image_id)
+        if not found:
+            raise UsageError(f"no such image: {image_id}")
+        return found[0]
 
     def remove(self, ref: str) -> tuple[str, bool]:
         """Untag ``ref`` if it is one of several tags, else delete the image.

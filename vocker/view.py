@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Union
 import attrs
 from cachetools import LRUCache
 
-from . import bytecode, template
+from . import bytecode, template, walk
 from .blobstore import BlobReader
 from .errors import VockerError
 from .manifest import Manifest
@@ -179,17 +179,9 @@ class ContainerView:
     def warm(self) -> None:
         """Load every tree node and blob record in a few bulk queries (run in the background
         after mounting: the first cold walk then costs no query per directory or file)."""
-        try:
-            self.store.prefetch_trees(self.manifest.layers[0])
-            digests = []
-            stack = [self.manifest.layers[0]]
-            while stack:
-                for e in self.store.tree(stack.pop()).entries:
-                    if e.kind is Kind.DIR:
-                        stack.append(e.digest)  # type: ignore[arg-type]
-                    elif e.digest is not None:
-                        digests.append(e.digest)
-            self.store.blob_infos(digests)
+        try:  # iter_entries prefetches all trees with one query per level
+            self.store.blob_infos(e.digest for _, e in walk.iter_entries(self.store, self.manifest.layers[0])
+                                  if e.kind is Kind.FILE and e.digest is not None)
         except Exception as exc:  # only a cache warm-up: real reads report real errors
             log.warning("warming caches failed: %s", exc)
 
