@@ -104,7 +104,7 @@ def record_tree_image(home: Path, tag: str, root: str, nodes: dict[str, bytes],
             store.record_image(conn, image_id, manifest, 100, 1, {"created_by": "test_bad_input"})
             store.set_tag(conn, f"{tag}:latest", image_id)
     finally:
-        store.engine.dispose()
+        store.close()
     return image_id
 
 

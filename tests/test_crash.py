@@ -141,7 +141,7 @@ def verify_in_process(home: Path) -> None:
     try:
         checked, problems = verify(store)
     finally:
-        store.engine.dispose()
+        store.close()
     assert problems == [], [p.line() for p in problems]
 
 
@@ -265,11 +265,12 @@ def test_ctrl_c_right_after_start(vocker, vocker_home: Path, tmp_path: Path) -> 
     proc = spawn(vocker, "image", "import", tree, home=vocker_home, log=tmp_path / "import")
     try:
         assert wait_for(proc, lambda: python_catches_sigint(proc.pid, vocker.exe), timeout=30)
-        # Past the interpreter's own start-up: importing the CLI's dependencies (SQLAlchemy's
-        # compiled modules get mapped), well before main() can run.
+        # Past the interpreter's own start-up: importing the CLI's dependencies (their compiled
+        # modules get mapped), well before main() can run.
         maps = Path(f"/proc/{proc.pid}/maps")
         deadline = time.monotonic() + 0.15
-        wait_for(proc, lambda: time.monotonic() > deadline or "/sqlalchemy/" in maps.read_text(), timeout=30)
+        wait_for(proc, lambda: time.monotonic() > deadline or any(
+            marker in maps.read_text() for marker in ("_sqlite3", "/pyzstd/", "/cbor2/")), timeout=30)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     finally:

@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 import attrs
-from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert
 
-from . import db, locks
+from . import locks
 from .errors import UsageError, VockerError
 from .importer import import_tree
 from .progress import Reporter
@@ -208,17 +206,18 @@ def _write_atomic(path: Path, text: str) -> None:
 def lookup(store: Store, key: str) -> str | None:
     """The image built for a cache key, if it is still in the store."""
     with store.read() as conn:
-        image_id = conn.scalar(select(db.builds.c.image_id).where(db.builds.c.key == key))
+        row = conn.execute('SELECT image_id FROM builds WHERE "key" = ?', (key,)).fetchone()
+    image_id = row[0] if row else None
     return image_id if image_id is not None and store.has_image(image_id) else None
 
 
 def build_record(store: Store, image_id: str) -> dict[str, object] | None:
     with store.read() as conn:
-        row = conn.execute(select(db.builds).where(db.builds.c.image_id == image_id)
-                           .order_by(db.builds.c.created.desc())).first()
+        row = conn.execute('SELECT "key", lock, info FROM builds WHERE image_id = ? ORDER BY created DESC',
+                           (image_id,)).fetchone()
     if row is None:
         return None
-    return {"key": row.key, "lock": row.lock, **json.loads(row.info)}
+    return {"key": row[0], "lock": row[1], **json.loads(row[2])}
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -291,9 +290,9 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
             "options": options(), "input": lock.header.get("input", str(lock_path or "")),
             "pins": len(lock.pins), "index": attrs.asdict(req.index)}
     with store.write() as conn:
-        conn.execute(insert(db.builds).on_conflict_do_update(
-            index_elements=["key"], set_={"image_id": image_id, "lock": lock_text, "info": json.dumps(info)}),
-            {"key": key, "image_id": image_id, "lock": lock_text, "info": json.dumps(info), "created": time.time()})
+        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
+                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
+                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
         if tag is not None:
             store.set_tag(conn, tag, image_id)
     return BuildResult(image_id, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
@@ -342,5 +341,5 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")))
         rebuilt = import_tree(scratch, env, None, python=Path(python["executable"])).image_id
         differences = () if rebuilt == image_id else tuple(diff(store, image_id, scratch, rebuilt))
-        scratch.engine.dispose()
+        scratch.close()
     return AuditResult(image_id, rebuilt, differences)

@@ -110,15 +110,12 @@ def ensure_image(store: "Store", image_id: str, facts: "PythonFacts", python: st
 
     Returns how many sources were compiled now.
     """
-    from sqlalchemy import select
-    from sqlalchemy.dialects.sqlite import insert
-
-    from . import db, walk
+    from . import walk
     from .tree import Kind
 
     with store.read() as conn:
-        done = conn.execute(select(db.pyc_images).where(db.pyc_images.c.image_id == image_id,
-                                                        db.pyc_images.c.magic == facts.magic)).first()
+        done = conn.execute("SELECT 1 FROM pyc_images WHERE image_id = ? AND magic = ?",
+                            (image_id, facts.magic)).fetchone()
     if done:
         return 0
     readers: dict[str, Callable[[], bytes]] = {}
@@ -130,7 +127,7 @@ def ensure_image(store: "Store", image_id: str, facts: "PythonFacts", python: st
                 readers[e.digest] = lambda d=e.digest: store.read_blob(d)  # type: ignore[misc]
     _, fresh = ensure_cached(store, facts.magic, python, readers)
     with store.write() as conn:
-        conn.execute(insert(db.pyc_images).on_conflict_do_nothing(), {"image_id": image_id, "magic": facts.magic})
+        conn.execute("INSERT OR IGNORE INTO pyc_images (image_id, magic) VALUES (?, ?)", (image_id, facts.magic))
     return len(fresh)
 
 

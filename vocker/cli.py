@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
-from rich.table import Table
 
 from . import __version__, refs
 from .digest import short
 from .errors import VockerError
 from .store import Store
-from .ui import RichReporter, err, human_age, human_size, out
+from .ui import RichReporter, err, human_age, human_size, out, table as make_table
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -101,7 +100,7 @@ def image_ls(quiet: bool) -> None:
         for r in records:
             out.print(r.id, markup=False)
         return
-    table = Table(box=None, pad_edge=False, header_style="bold")
+    table = make_table(header_style="bold")
     for col in ("IMAGE ID", "TAGS", "KIND", "PYTHON", "FILES", "SIZE", "CREATED"):
         table.add_column(col, no_wrap=col != "TAGS")
     for r in records:
@@ -215,7 +214,7 @@ def df_cmd() -> None:
 
     store = _store()
     u = usage(store)
-    table = Table(box=None, pad_edge=False, show_header=False)
+    table = make_table(show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     for label, value in (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
@@ -344,7 +343,7 @@ def config_cmd() -> None:
     from .home import resolve_home
 
     root, why = resolve_home()
-    table = Table(box=None, pad_edge=False, show_header=False)
+    table = make_table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("store", str(root))
@@ -395,7 +394,7 @@ def ps_cmd(show_all: bool) -> None:
 
     store = _store()
     names = {r.id: (r.tags[0] if r.tags else short(r.id)) for r in store.images()}
-    table = Table(box=None, pad_edge=False, header_style="bold")
+    table = make_table(header_style="bold")
     for col in ("CONTAINER", "IMAGE", "MOUNT POINT", "PID", "STATUS"):
         table.add_column(col, no_wrap=True)
     by_name = {c.name: c for c in containers.all_containers(store)}
@@ -474,7 +473,7 @@ def shell_cmd(ref: str, python: Path | None) -> None:
 
 def _one_line(exc: BaseException) -> tuple[str, int]:
     """The message and exit code for an error; never a traceback."""
-    from sqlalchemy.exc import OperationalError
+    from sqlite3 import Error as DatabaseError
 
     if isinstance(exc, VockerError):
         return str(exc), exc.exit_code
@@ -485,8 +484,8 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
         if exc.errno == errno.EROFS:
             return f"read-only file system{where}", 1
         return f"{exc.strerror or exc}{where}", 1
-    if isinstance(exc, OperationalError):
-        return f"store database error: {exc.orig}", 1
+    if isinstance(exc, DatabaseError):
+        return f"store database error: {exc}", 1
     return f"internal error: {type(exc).__name__}: {exc} (set VOCKER_DEBUG=1 for a traceback)", 70
 
 

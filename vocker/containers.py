@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from sqlalchemy import delete, select
-
-from . import db
 from .errors import UsageError
 from .store import Store
 
@@ -47,14 +44,15 @@ def upper_dir(store: Store, name: str) -> Path:
 
 def get(store: Store, name: str) -> Container | None:
     with store.read() as conn:
-        row = conn.execute(select(db.containers).where(db.containers.c.name == name)).first()
-    return Container(row.name, row.image_id, row.created, row.persistent) if row else None
+        row = conn.execute("SELECT name, image_id, created, persistent FROM containers WHERE name = ?",
+                           (name,)).fetchone()
+    return Container(row[0], row[1], row[2], bool(row[3])) if row else None
 
 
 def all_containers(store: Store) -> list[Container]:
     with store.read() as conn:
-        rows = conn.execute(select(db.containers).order_by(db.containers.c.created)).all()
-    return [Container(r.name, r.image_id, r.created, r.persistent) for r in rows]
+        rows = conn.execute("SELECT name, image_id, created, persistent FROM containers ORDER BY created").fetchall()
+    return [Container(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
 
 def create(store: Store, image_ref: str, name: str | None) -> Container:
@@ -66,10 +64,10 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
     name = name or "tmp-" + secrets.token_hex(6)
     upper = upper_dir(store, name)
     with store.write() as conn:
-        if conn.execute(select(db.containers.c.name).where(db.containers.c.name == name)).first():
+        if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
             raise UsageError(f"container {name!r} already exists")
-        conn.execute(db.containers.insert().values(name=name, image_id=image_id, created=time.time(),
-                                                   persistent=persistent))
+        conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
+                     (name, image_id, time.time(), persistent))
         shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
         upper.mkdir(parents=True)
         upper.chmod(0o755)  # the mount root's mode: not whatever umask the creator had
@@ -80,26 +78,25 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
 def remove(store: Store, name: str) -> None:
     """Forget a container and delete its writable layer (the caller checked it is not mounted)."""
     with store.write() as conn:
-        conn.execute(delete(db.containers).where(db.containers.c.name == name))
+        conn.execute("DELETE FROM containers WHERE name = ?", (name,))
     shutil.rmtree(container_dir(store, name), ignore_errors=True)
 
 
 def record_mount(store: Store, mountpoint: str, container: str, pid: int, options: dict[str, Any]) -> None:
     with store.write() as conn:
-        conn.execute(delete(db.mounts).where(db.mounts.c.mountpoint == mountpoint))
-        conn.execute(db.mounts.insert().values(mountpoint=mountpoint, container=container, pid=pid,
-                                               created=time.time(), options=json.dumps(options)))
+        conn.execute("INSERT OR REPLACE INTO mounts (mountpoint, container, pid, created, options) "
+                     "VALUES (?, ?, ?, ?, ?)", (mountpoint, container, pid, time.time(), json.dumps(options)))
 
 
 def forget_mount(store: Store, mountpoint: str) -> None:
     with store.write() as conn:
-        conn.execute(delete(db.mounts).where(db.mounts.c.mountpoint == mountpoint))
+        conn.execute("DELETE FROM mounts WHERE mountpoint = ?", (mountpoint,))
 
 
 def mounts(store: Store) -> list[MountRecord]:
     with store.read() as conn:
-        rows = conn.execute(select(db.mounts).order_by(db.mounts.c.created)).all()
-    return [MountRecord(r.mountpoint, r.container, r.pid, r.created, json.loads(r.options)) for r in rows]
+        rows = conn.execute("SELECT mountpoint, container, pid, created, options FROM mounts ORDER BY created").fetchall()
+    return [MountRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
 def mount_of(store: Store, mountpoint: str) -> MountRecord | None:

@@ -1,120 +1,189 @@
-"""SQLite metadata schema (SQLAlchemy Core) and engine setup.
+"""SQLite metadata: the schema and a small pool of connections (stdlib ``sqlite3``).
 
 WAL lets readers work while an import commits; BEGIN IMMEDIATE takes the write lock
 up front so two concurrent importers queue instead of failing with "database is
-locked" on a read-to-write upgrade.
+locked" on a read-to-write upgrade. Plain ``sqlite3`` rather than an ORM/SQL toolkit:
+importing one cost more than everything else a short command does (see
+docs/benchmarks.md), and the queries here are few and simple.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sqlite3
+import threading
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import (Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event)
-from sqlalchemy.engine import Engine
+#: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
+SCHEMA_VERSION = 2
 
-metadata = MetaData()
+SCHEMA = """
+-- Content blobs: files under blobs/sha256/, one per distinct file content.
+CREATE TABLE IF NOT EXISTS blobs (
+    digest VARCHAR PRIMARY KEY,
+    size INTEGER NOT NULL,          -- uncompressed bytes
+    stored_size INTEGER NOT NULL,   -- bytes on disk
+    codec VARCHAR NOT NULL          -- "raw", "zstd" (one frame) or "zstd-seekable"
+);
+-- Per-frame sha256 of seekable blobs, so a range read verifies only the frames it uses.
+CREATE TABLE IF NOT EXISTS blob_frames (
+    digest VARCHAR PRIMARY KEY,
+    frame_size INTEGER NOT NULL,    -- uncompressed bytes per frame (the last may be shorter)
+    digests BLOB NOT NULL           -- concatenated 32-byte sha256 of each frame's bytes
+);
+-- Small structured objects kept in the database itself: tree nodes and manifests.
+CREATE TABLE IF NOT EXISTS objects (
+    digest VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,          -- "tree" | "manifest"
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id VARCHAR PRIMARY KEY,         -- digest of the manifest object
+    size INTEGER NOT NULL,          -- logical bytes of all files
+    files INTEGER NOT NULL,
+    created FLOAT NOT NULL,         -- first time this store saw the image
+    provenance TEXT NOT NULL        -- JSON, not part of the image ID
+);
+CREATE TABLE IF NOT EXISTS tags (
+    name VARCHAR PRIMARY KEY,       -- "repo:tag"
+    image_id VARCHAR NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_tags_image_id ON tags (image_id);
+-- Derived bytecode, shared by every image with the same source and interpreter.
+CREATE TABLE IF NOT EXISTS pycs (
+    source VARCHAR NOT NULL,        -- digest of the .py content
+    magic VARCHAR NOT NULL,         -- interpreter MAGIC_NUMBER, hex
+    pyc VARCHAR,                    -- blob with the pyc body (after the 16-byte header), NULL if it does not compile
+    ok BOOLEAN NOT NULL,
+    PRIMARY KEY (source, magic)
+);
+-- Builds: the cache from a lock (pinned set + interpreter + options) to the image it gave.
+CREATE TABLE IF NOT EXISTS builds (
+    "key" VARCHAR PRIMARY KEY,
+    image_id VARCHAR NOT NULL,
+    lock TEXT NOT NULL,             -- the lock text as built
+    info TEXT NOT NULL,             -- JSON: python facts, options, inputs
+    created FLOAT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_builds_image_id ON builds (image_id);
+-- Images whose every source has cached bytecode for an interpreter magic (mounts skip the check).
+CREATE TABLE IF NOT EXISTS pyc_images (
+    image_id VARCHAR NOT NULL,
+    magic VARCHAR NOT NULL,
+    PRIMARY KEY (image_id, magic)
+);
+-- Containers: an image plus a writable layer (containers/<name>/upper).
+CREATE TABLE IF NOT EXISTS containers (
+    name VARCHAR PRIMARY KEY,
+    image_id VARCHAR NOT NULL,
+    created FLOAT NOT NULL,
+    persistent BOOLEAN NOT NULL     -- named: kept across mounts; else removed at unmount
+);
+CREATE INDEX IF NOT EXISTS ix_containers_image_id ON containers (image_id);
+-- Live (or stale) mounts, one per mount point.
+CREATE TABLE IF NOT EXISTS mounts (
+    mountpoint VARCHAR PRIMARY KEY,
+    container VARCHAR NOT NULL,
+    pid INTEGER NOT NULL,
+    created FLOAT NOT NULL,
+    options TEXT NOT NULL           -- JSON: read_only, audit
+);
+"""
 
-#: Content blobs: files under blobs/sha256/, one per distinct file content.
-blobs = Table(
-    "blobs", metadata,
-    Column("digest", String, primary_key=True),
-    Column("size", Integer, nullable=False),  # uncompressed bytes
-    Column("stored_size", Integer, nullable=False),  # bytes on disk
-    Column("codec", String, nullable=False),  # "raw" or "zstd" (seekable format)
-)
-
-#: Small structured objects kept in the database itself: tree nodes and manifests.
-objects = Table(
-    "objects", metadata,
-    Column("digest", String, primary_key=True),
-    Column("kind", String, nullable=False),  # "tree" | "manifest"
-    Column("data", LargeBinary, nullable=False),
-)
-
-images = Table(
-    "images", metadata,
-    Column("id", String, primary_key=True),  # digest of the manifest object
-    Column("size", Integer, nullable=False),  # logical bytes of all files
-    Column("files", Integer, nullable=False),
-    Column("created", Float, nullable=False),  # first time this store saw the image
-    Column("provenance", Text, nullable=False),  # JSON, not part of the image ID
-)
-
-tags = Table(
-    "tags", metadata,
-    Column("name", String, primary_key=True),  # "repo:tag"
-    Column("image_id", String, nullable=False, index=True),
-)
-
-#: Derived bytecode, shared by every image with the same source and interpreter.
-pycs = Table(
-    "pycs", metadata,
-    Column("source", String, primary_key=True),  # digest of the .py content
-    Column("magic", String, primary_key=True),  # interpreter MAGIC_NUMBER, hex
-    Column("pyc", String, nullable=True),  # blob with the pyc body (after the 16-byte header); NULL: does not compile
-    Column("ok", Boolean, nullable=False),
-)
-
-
-#: Builds: the cache from a lock (pinned set + interpreter + options) to the image it gave.
-builds = Table(
-    "builds", metadata,
-    Column("key", String, primary_key=True),
-    Column("image_id", String, nullable=False, index=True),
-    Column("lock", Text, nullable=False),  # the lock text as built
-    Column("info", Text, nullable=False),  # JSON: python facts, options, inputs
-    Column("created", Float, nullable=False),
-)
-
-#: Images whose every source has cached bytecode for an interpreter magic (mounts skip the check).
-pyc_images = Table(
-    "pyc_images", metadata,
-    Column("image_id", String, primary_key=True),
-    Column("magic", String, primary_key=True),
-)
-
-#: Containers: an image plus a writable layer (containers/<name>/upper).
-containers = Table(
-    "containers", metadata,
-    Column("name", String, primary_key=True),
-    Column("image_id", String, nullable=False, index=True),
-    Column("created", Float, nullable=False),
-    Column("persistent", Boolean, nullable=False),  # named: kept across mounts; else removed at unmount
-)
-
-#: Live (or stale) mounts, one per mount point.
-mounts = Table(
-    "mounts", metadata,
-    Column("mountpoint", String, primary_key=True),
-    Column("container", String, nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("created", Float, nullable=False),
-    Column("options", Text, nullable=False),  # JSON: read_only, audit
-)
+Error = sqlite3.Error
+OperationalError = sqlite3.OperationalError
 
 
-def make_engine(path: Path) -> Engine:
-    # A pool as large as the widest thread pool, so worker threads never open throw-away connections.
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False},
-                           pool_size=16, max_overflow=16)
+class Database:
+    """Connections to one store database, reused across blocks and threads.
 
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.close()
+    Each ``read()``/``write()`` block gets a connection of its own (nested blocks do
+    not share a transaction); idle connections are kept for the next block. A
+    forked child never touches its parent's connections (SQLite forbids it).
+    """
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
-        write = conn.get_execution_options().get("vocker_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        with self._connection() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute("BEGIN IMMEDIATE")  # two first-time processes must not race on CREATE TABLE
+                try:
+                    for statement in re.sub(r"--[^\n]*", "", SCHEMA).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
 
-    with engine.connect() as conn:
-        conn.execution_options(vocker_write=True)
-        with conn.begin():  # two first-time processes must not race on CREATE TABLE
-            metadata.create_all(conn)
-    return engine
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours
+                self._idle, self._pid = [], os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        conn = conn or self._connect()
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # its state is unknown (e.g. interrupted mid-statement)
+            raise
+        with self._lock:
+            if len(self._idle) < 16 and self._pid == os.getpid():
+                self._idle.append(conn)
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for the block."""
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends normally, else rolled back."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def placeholders(values: list[object] | tuple[object, ...]) -> str:
+    """``?, ?, ?`` for an ``IN (...)`` of these values."""
+    return ", ".join("?" * len(values))
+
+
+def chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    for i in range(0, len(values), size):
+        yield values[i:i + size]

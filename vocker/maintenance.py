@@ -6,9 +6,6 @@ import os
 import shutil
 
 import attrs
-from sqlalchemy import delete, select
-
-from . import db
 from .blobstore import BlobInfo
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
@@ -83,7 +80,7 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
     names = _display(store)
     reaches = {image_id: reach(store, image_id) for image_id in names}
     with store.read() as conn:
-        rows = {r.digest: BlobInfo(r.digest, r.size, r.stored_size, r.codec) for r in conn.execute(select(db.blobs))}
+        rows = {r[0]: BlobInfo(*r) for r in conn.execute("SELECT digest, size, stored_size, codec FROM blobs")}
     wanted = set().union(*(r.blobs for r in reaches.values())) | set(rows)
     broken: dict[str, tuple[str, str]] = {}
     for r in reaches.values():
@@ -137,19 +134,17 @@ def gc(store: Store) -> GcResult:
     contents = set().union(*(r.contents for r in reaches)) if reaches else set()  # digests
     manifests = {r.id for r in store.images()}
     with store.write() as conn:
-        pyc_rows = conn.execute(select(db.pycs.c.source, db.pycs.c.magic, db.pycs.c.pyc)).all()
+        pyc_rows = conn.execute("SELECT source, magic, pyc FROM pycs").fetchall()
         dead_pycs = [(s, m) for s, m, _ in pyc_rows if s not in contents]
         blobs |= {p for s, _, p in pyc_rows if s in contents and p is not None}
-        for s, m in dead_pycs:
-            conn.execute(delete(db.pycs).where(db.pycs.c.source == s, db.pycs.c.magic == m))
-        objs = set(conn.scalars(select(db.objects.c.digest)))
+        conn.executemany("DELETE FROM pycs WHERE source = ? AND magic = ?", dead_pycs)
+        objs = {r[0] for r in conn.execute("SELECT digest FROM objects")}
         dead_objs = objs - trees - manifests
-        for d in dead_objs:
-            conn.execute(delete(db.objects).where(db.objects.c.digest == d))
-        rows = {d: s for d, s in conn.execute(select(db.blobs.c.digest, db.blobs.c.stored_size))}
+        conn.executemany("DELETE FROM objects WHERE digest = ?", [(d,) for d in dead_objs])
+        rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
         dead_blobs = set(rows) - blobs
-        for d in dead_blobs:
-            conn.execute(delete(db.blobs).where(db.blobs.c.digest == d))
+        conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in dead_blobs])
+        conn.executemany("DELETE FROM blob_frames WHERE digest = ?", [(d,) for d in dead_blobs])
 
     # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
     freed = 0
@@ -196,7 +191,7 @@ def usage(store: Store) -> Usage:
     needed = set().union(*(r.blobs for r in reaches)) if reaches else set()
     with store.read() as conn:
         rows = {d: (size, stored) for d, size, stored in
-                conn.execute(select(db.blobs.c.digest, db.blobs.c.size, db.blobs.c.stored_size))}
+                conn.execute("SELECT digest, size, stored_size FROM blobs")}
     unique = sum({d: n for r in reaches for d, n in r.contents.items()}.values())
     inline_and_db = sum(os.path.getsize(p) for p in store.root.glob("vocker.db*"))
     stored = sum(rows[d][1] for d in needed if d in rows) + inline_and_db

@@ -165,7 +165,6 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
                     os.dup2(null, 0)
                     os.dup2(log, 1)
                     os.dup2(log, 2)
-                    store.engine.dispose(close=False)  # never share the parent's database connections
                     from . import daemon
                     code = daemon.main(config)
                 else:

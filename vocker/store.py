@@ -14,15 +14,11 @@ import os
 import threading
 import time
 from pathlib import Path
+from sqlite3 import Connection
 from typing import Any, Iterable, Iterator
 
 import attrs
 from cachetools import LRUCache
-from sqlalchemy import delete, select
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from . import db, locking, refs
 from .blobstore import BlobFiles, BlobInfo
 from .digest import digest_bytes
@@ -53,7 +49,7 @@ class ImageRecord:
 class Store:
     root: Path
     blobs: BlobFiles
-    engine: Any
+    database: db.Database
     _trees: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=20000))
     _infos: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))
     _trees_lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -65,28 +61,25 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
             blobs = BlobFiles(root)
             blobs.setup()
-            engine = db.make_engine(root / "vocker.db")
-        except OSError as exc:
-            raise UsageError(f"cannot open store at {root}: {exc.strerror or exc}") from None
-        except OperationalError as exc:
+            database = db.Database(root / "vocker.db")
+        except db.Error as exc:
             if _read_only(root):
                 raise VockerError(f"the store at {root} is on a read-only file system") from None
-            raise VockerError(f"cannot open store database in {root}: {exc.orig}") from None
-        return cls(root, blobs, engine)
+            raise VockerError(f"cannot open store database in {root}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot open store at {root}: {exc.strerror or exc}") from None
+        return cls(root, blobs, database)
 
     # -- transactions -------------------------------------------------------
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn
+    def read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self.database.read()
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(vocker_write=True)
-            with conn.begin():
-                yield conn
+    def write(self) -> contextlib.AbstractContextManager[Connection]:
+        return self.database.write()
+
+    def close(self) -> None:
+        self.database.close()
 
     def lock_shared(self) -> contextlib.AbstractContextManager[bool]:
         return locking.shared(self.root / "store.lock")
@@ -98,7 +91,7 @@ class Store:
 
     def blob_digests(self) -> set[str]:
         with self.read() as conn:
-            return set(conn.scalars(select(db.blobs.c.digest)))
+            return {r[0] for r in conn.execute("SELECT digest FROM blobs")}
 
     def blob_info(self, digest: str) -> BlobInfo:
         with self._trees_lock:
@@ -115,9 +108,9 @@ class Store:
         wanted = list(set(digests))
         out: dict[str, BlobInfo] = {}
         with self.read() as conn:
-            for i in range(0, len(wanted), 500):
-                q = select(db.blobs).where(db.blobs.c.digest.in_(wanted[i:i + 500]))
-                out.update({r.digest: BlobInfo(r.digest, r.size, r.stored_size, r.codec) for r in conn.execute(q)})
+            for chunk in db.chunks(wanted):
+                q = f"SELECT digest, size, stored_size, codec FROM blobs WHERE digest IN ({db.placeholders(chunk)})"
+                out.update({r[0]: BlobInfo(*r) for r in conn.execute(q, chunk)})
         with self._trees_lock:
             self._infos.update(out)
         return out
@@ -129,7 +122,8 @@ class Store:
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
         with self.read() as conn:
-            present = set(conn.scalars(select(db.blobs.c.digest).where(db.blobs.c.digest.in_(list(datas)))))
+            present = {r[0] for chunk in db.chunks(list(datas))
+                       for r in conn.execute(f"SELECT digest FROM blobs WHERE digest IN ({db.placeholders(chunk)})", chunk)}
         staged = [self.blobs.stage(d, data) for d, data in datas.items() if d not in present]
         try:
             self.blobs.commit(staged)
@@ -144,21 +138,20 @@ class Store:
 
     @staticmethod
     def record_blobs(conn: Connection, infos: Iterable[BlobInfo]) -> None:
-        rows = [attrs.asdict(i) for i in infos]
-        if rows:
-            conn.execute(sqlite_insert(db.blobs).on_conflict_do_nothing(), rows)
+        conn.executemany("INSERT OR IGNORE INTO blobs (digest, size, stored_size, codec) VALUES (?, ?, ?, ?)",
+                         [attrs.astuple(i) for i in infos])
 
     # -- objects (trees, manifests) -----------------------------------------
 
     @staticmethod
     def record_objects(conn: Connection, kind: str, objs: dict[str, bytes]) -> None:
-        rows = [{"digest": d, "kind": kind, "data": data} for d, data in objs.items()]
-        if rows:
-            conn.execute(sqlite_insert(db.objects).on_conflict_do_nothing(), rows)
+        conn.executemany("INSERT OR IGNORE INTO objects (digest, kind, data) VALUES (?, ?, ?)",
+                         [(d, kind, data) for d, data in objs.items()])
 
     def object_bytes(self, digest: str, what: str) -> bytes:
         with self.read() as conn:
-            data = conn.scalar(select(db.objects.c.data).where(db.objects.c.digest == digest))
+            row = conn.execute("SELECT data FROM objects WHERE digest = ?", (digest,)).fetchone()
+        data = row[0] if row else None
         if data is None:
             raise MissingObjectError(f"missing {what} {digest}")
         if digest_bytes(data) != digest:
@@ -183,9 +176,9 @@ class Store:
                 missing = [d for d in level if d not in self._trees]
             found: dict[str, bytes] = {}
             with self.read() as conn:
-                for i in range(0, len(missing), 500):
-                    q = select(db.objects.c.digest, db.objects.c.data).where(db.objects.c.digest.in_(missing[i:i + 500]))
-                    found.update({d: bytes(data) for d, data in conn.execute(q)})
+                for chunk in db.chunks(missing):
+                    q = f"SELECT digest, data FROM objects WHERE digest IN ({db.placeholders(chunk)})"
+                    found.update({d: bytes(data) for d, data in conn.execute(q, chunk)})
             nxt = []
             for d in level:
                 if d in found and digest_bytes(found[d]) == d:
@@ -210,7 +203,7 @@ class Store:
         prefix = refs.id_prefix(ref)
         with self.read() as conn:
             if prefix is not None:
-                ids = list(conn.scalars(select(db.images.c.id).where(db.images.c.id.like(f"sha256:{prefix}%")).limit(2)))
+                ids = [r[0] for r in conn.execute("SELECT id FROM images WHERE id LIKE ? LIMIT 2", (f"sha256:{prefix}%",))]
                 if len(ids) == 1:
                     return ids[0]
                 if len(ids) > 1:
@@ -221,14 +214,15 @@ class Store:
                 if prefix is not None:
                     raise UsageError(f"no such image: {ref}") from None
                 raise
-            image_id = conn.scalar(select(db.tags.c.image_id).where(db.tags.c.name == tag))
+            row = conn.execute("SELECT image_id FROM tags WHERE name = ?", (tag,)).fetchone()
+        image_id = row[0] if row else None
         if image_id is None:
             raise UsageError(f"no such image: {ref}")
         return image_id
 
     def has_image(self, image_id: str) -> bool:
         with self.read() as conn:
-            return conn.scalar(select(db.images.c.id).where(db.images.c.id == image_id)) is not None
+            return conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
 
     @staticmethod
     def record_image(conn: Connection, image_id: str, manifest_bytes: bytes, size: int, files: int,
@@ -236,16 +230,15 @@ class Store:
         """Record an image (idempotent); True if it is new to this store."""
         Store.record_objects(conn, "manifest", {image_id: manifest_bytes})
         result = conn.execute(
-            sqlite_insert(db.images).on_conflict_do_nothing(),
-            {"id": image_id, "size": size, "files": files, "created": time.time(),
-             "provenance": json.dumps(provenance, sort_keys=True)},
+            "INSERT OR IGNORE INTO images (id, size, files, created, provenance) VALUES (?, ?, ?, ?, ?)",
+            (image_id, size, files, time.time(), json.dumps(provenance, sort_keys=True)),
         )
         return result.rowcount == 1
 
     @staticmethod
     def set_tag(conn: Connection, tag: str, image_id: str) -> None:
-        stmt = sqlite_insert(db.tags).values(name=tag, image_id=image_id)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"image_id": image_id}))
+        conn.execute("INSERT INTO tags (name, image_id) VALUES (?, ?) "
+                     "ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id", (tag, image_id))
 
     def tag(self, ref: str, new_tag: str) -> str:
         tag = refs.normalize_tag(new_tag)
@@ -256,19 +249,17 @@ class Store:
 
     def images(self, image_id: str | None = None) -> list[ImageRecord]:
         """All images, newest first (or just ``image_id``)."""
-        tag_q = select(db.tags.c.name, db.tags.c.image_id).order_by(db.tags.c.name)
-        img_q = select(db.images).order_by(db.images.c.created.desc())
-        if image_id is not None:
-            tag_q = tag_q.where(db.tags.c.image_id == image_id)
-            img_q = img_q.where(db.images.c.id == image_id)
+        where, args = ("", ()) if image_id is None else ("WHERE {} = ?", (image_id,))
         with self.read() as conn:
-            tag_rows = conn.execute(tag_q).all()
-            rows = conn.execute(img_q).all()
+            tag_rows = conn.execute(f"SELECT name, image_id FROM tags {where.format('image_id')} ORDER BY name",
+                                    args).fetchall()
+            rows = conn.execute("SELECT id, size, files, created, provenance FROM images "
+                                f"{where.format('id')} ORDER BY created DESC", args).fetchall()
         by_image: dict[str, list[str]] = {}
         for name, tagged in tag_rows:
             by_image.setdefault(tagged, []).append(name)
-        return [ImageRecord(r.id, r.size, r.files, r.created, json.loads(r.provenance),
-                            tuple(by_image.get(r.id, ()))) for r in rows]
+        return [ImageRecord(r["id"], r["size"], r["files"], r["created"], json.loads(r["provenance"]),
+                            tuple(by_image.get(r["id"], ()))) for r in rows]
 
     def image(self, image_id: str) -> ImageRecord:
         found = self.images(image_id)
@@ -284,18 +275,18 @@ class Store:
         image_id = self.resolve(ref)
         tag = refs.normalize_tag(ref) if self._is_tag(ref) else None
         with self.write() as conn:
-            names = list(conn.scalars(select(db.tags.c.name).where(db.tags.c.image_id == image_id)))
+            names = [r[0] for r in conn.execute("SELECT name FROM tags WHERE image_id = ?", (image_id,))]
             if tag is not None and len(names) > 1:
-                conn.execute(delete(db.tags).where(db.tags.c.name == tag))
+                conn.execute("DELETE FROM tags WHERE name = ?", (tag,))
                 return image_id, False
-            users = list(conn.scalars(select(db.containers.c.name).where(db.containers.c.image_id == image_id)))
+            users = [r[0] for r in conn.execute("SELECT name FROM containers WHERE image_id = ?", (image_id,))]
             if users:
                 raise UsageError(f"image {ref} is used by container(s) {', '.join(sorted(users))}; "
                                  "remove them first ('vocker rm')")
-            conn.execute(delete(db.pyc_images).where(db.pyc_images.c.image_id == image_id))
-            conn.execute(delete(db.tags).where(db.tags.c.image_id == image_id))
-            conn.execute(delete(db.images).where(db.images.c.id == image_id))
-            conn.execute(delete(db.objects).where(db.objects.c.digest == image_id))
+            conn.execute("DELETE FROM pyc_images WHERE image_id = ?", (image_id,))
+            conn.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
+            conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            conn.execute("DELETE FROM objects WHERE digest = ?", (image_id,))
         return image_id, True
 
     def _is_tag(self, ref: str) -> bool:
@@ -304,7 +295,7 @@ class Store:
         except UsageError:
             return False
         with self.read() as conn:
-            return conn.scalar(select(db.tags.c.name).where(db.tags.c.name == tag)) is not None
+            return conn.execute("SELECT 1 FROM tags WHERE name = ?", (tag,)).fetchone() is not None
 
     # -- bytecode cache ------------------------------------------------------
 
@@ -313,10 +304,9 @@ class Store:
         wanted = list(set(sources))
         out: dict[str, str | None] = {}
         with self.read() as conn:
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                q = select(db.pycs.c.source, db.pycs.c.pyc).where(db.pycs.c.magic == magic, db.pycs.c.source.in_(chunk))
-                out.update({s: p for s, p in conn.execute(q)})
+            for chunk in db.chunks(wanted):
+                q = f"SELECT source, pyc FROM pycs WHERE magic = ? AND source IN ({db.placeholders(chunk)})"
+                out.update({s: p for s, p in conn.execute(q, [magic, *chunk])})
         return out
 
     def pyc_bodies(self, magic: str, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -324,15 +314,13 @@ class Store:
         wanted = list(set(sources))
         out: dict[str, tuple[str, int]] = {}
         with self.read() as conn:
-            for i in range(0, len(wanted), 500):
-                q = (select(db.pycs.c.source, db.pycs.c.pyc, db.blobs.c.size)
-                     .join(db.blobs, db.blobs.c.digest == db.pycs.c.pyc)
-                     .where(db.pycs.c.magic == magic, db.pycs.c.source.in_(wanted[i:i + 500])))
-                out.update({s: (p, n) for s, p, n in conn.execute(q)})
+            for chunk in db.chunks(wanted):
+                q = ("SELECT pycs.source, pycs.pyc, blobs.size FROM pycs JOIN blobs ON blobs.digest = pycs.pyc "
+                     f"WHERE pycs.magic = ? AND pycs.source IN ({db.placeholders(chunk)})")
+                out.update({s: (p, n) for s, p, n in conn.execute(q, [magic, *chunk])})
         return out
 
     @staticmethod
     def record_pycs(conn: Connection, magic: str, entries: dict[str, str | None]) -> None:
-        rows = [{"source": s, "magic": magic, "pyc": p, "ok": p is not None} for s, p in entries.items()]
-        if rows:
-            conn.execute(sqlite_insert(db.pycs).on_conflict_do_nothing(), rows)
+        conn.executemany("INSERT OR IGNORE INTO pycs (source, magic, pyc, ok) VALUES (?, ?, ?, ?)",
+                         [(s, magic, p, p is not None) for s, p in entries.items()])

@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+class _LazyConsole:
+    """A rich Console made on first use: importing rich costs more than a quiet command's whole run."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+out: Any = _LazyConsole(stderr=False)
+err: Any = _LazyConsole(stderr=True)
+
+
+def table(**options: Any) -> Any:
+    """A borderless rich Table."""
+    from rich.table import Table
+
+    return Table(box=None, pad_edge=False, **options)
 
 
 def human_size(n: float) -> str:
@@ -34,14 +58,17 @@ class RichReporter:
     """A byte-counting progress bar on stderr, shown only on a terminal."""
 
     def __init__(self) -> None:
-        self._progress: Progress | None = None
+        self._progress: Any = None
         self._task = None
 
     def begin(self, label: str, total: int) -> None:
         if not err.is_terminal:
             return
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                  TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+                                  TransferSpeedColumn(), TimeRemainingColumn(), console=err.get(), transient=True)
         self._progress.start()
         self._task = self._progress.add_task(label, total=total)
 
