@@ -25,7 +25,6 @@ import attrs
 
 from . import locks
 from .errors import UsageError, VockerError
-from .importer import import_tree
 from .progress import Reporter
 from .pythons import find_requested
 from .store import Store
@@ -280,6 +279,8 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
         env = Path(tmp, "env")
         on_step(f"installing {len(lock.pins)} locked distributions with {installer()}")
         install(lock_text, python, req.index, env, installer())
+        from .importer import import_tree
+
         result = import_tree(store, env, None, python=Path(python["executable"]), reporter=reporter)
     image_id = result.image_id
     if test is not None:
@@ -339,6 +340,8 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         recorded_options = record.get("options") or {}
         assert isinstance(recorded_options, dict)
         install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")))
+        from .importer import import_tree
+
         rebuilt = import_tree(scratch, env, None, python=Path(python["executable"])).image_id
         differences = () if rebuilt == image_id else tuple(diff(store, image_id, scratch, rebuilt))
         scratch.close()

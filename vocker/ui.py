@@ -24,6 +24,15 @@ class _LazyConsole:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
 
+    def print(self, *objects: Any, **options: Any) -> None:
+        if self._console is None and options == {"markup": False} and len(objects) == 1 and isinstance(objects[0], str):
+            # A plain line before any rich output: written as is, without importing rich.
+            stream = sys.stderr if self._stderr else sys.stdout
+            stream.write(objects[0] + "\n")
+            stream.flush()
+            return
+        self.get().print(*objects, **options)
+
 
 out: Any = _LazyConsole(stderr=False)
 err: Any = _LazyConsole(stderr=True)

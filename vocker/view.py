@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Union
 import attrs
 from cachetools import LRUCache
 
-from . import bytecode, template, walk
+from . import bytecode, template
 from .blobstore import BlobReader
 from .errors import VockerError
 from .manifest import Manifest
@@ -175,15 +175,6 @@ class ContainerView:
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
         if self.work is not None:
             self.work.mkdir(parents=True, exist_ok=True)
-
-    def warm(self) -> None:
-        """Load every tree node and blob record in a few bulk queries (run in the background
-        after mounting: the first cold walk then costs no query per directory or file)."""
-        try:  # iter_entries prefetches all trees with one query per level
-            self.store.blob_infos(e.digest for _, e in walk.iter_entries(self.store, self.manifest.layers[0])
-                                  if e.kind is Kind.FILE and e.digest is not None)
-        except Exception as exc:  # only a cache warm-up: real reads report real errors
-            log.warning("warming caches failed: %s", exc)
 
     # -- the lower layer -------------------------------------------------------
 
