@@ -106,6 +106,8 @@ class BlobFiles:
         return self.root / "tmp"
 
     def setup(self) -> None:
+        if (self.blob_dir / "ff").is_dir() and self.tmp_dir.is_dir():
+            return  # made in order, so "ff" means all are there (saves 257 mkdirs per command)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         for i in range(256):
             (self.blob_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ store work. ``ThreadPoolExecutor``'s own exit would finish every queued item fir
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -19,6 +18,8 @@ def default_workers() -> int:
 
 
 def pmap(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+    from concurrent.futures import ThreadPoolExecutor  # imported on use: most commands never need it
+
     pool = ThreadPoolExecutor(max_workers=workers or default_workers())
     try:
         result = list(pool.map(fn, items))
