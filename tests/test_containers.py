@@ -20,6 +20,7 @@ import random
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,7 @@ DATA = {  # extra files in site-packages: > 300 bytes, so each is a blob of its 
     f"{SITE}/vdata/raw.bin": random.Random(1).randbytes(3000),                       # stored raw
     f"{SITE}/vdata/text.txt": b"".join(b"row %06d compressible\n" % i for i in range(1500)),  # zstd
     f"{SITE}/vdata/big.bin": random.Random(2).randbytes(6 << 20),                   # > 4 MiB: streamed
+    f"{SITE}/vdata/big.txt": b"".join(b"line %08d of a big text\n" % i for i in range(240_000)),  # seekable zstd
 }
 DATA_KEY_RAW = f"{SITE}/vdata/raw.bin"
 PYC = f"{SITE}/alpha/__pycache__/__init__.{sys.implementation.cache_tag}.pyc"
@@ -354,6 +356,41 @@ def test_corrupt_blob_gives_eio_not_wrong_bytes(img: str, vocker, vocker_home: P
         vocker("unmount", m)
     verify = vocker("verify", check=False)
     assert verify.returncode == 1 and all(sha(d) in verify.stdout for d in DATA.values())
+
+
+def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: str, vocker, vocker_home: Path,
+                                                                            tmp_path: Path) -> None:
+    """The first read of a large blob checks it whole and records the digest of each MiB; later
+    reads check only the chunks they touch. The forked daemon writes that record after the
+    mounting CLI has exited: its database writes must survive that exit."""
+    big = {rel: data for rel, data in DATA.items() if len(data) > 4 << 20}
+    expected = {sha(data): b"".join(hashlib.sha256(data[i:i + (1 << 20)]).digest() for i in range(0, len(data), 1 << 20))
+                for data in big.values()}
+
+    def recorded() -> dict[str, bytes]:
+        con = sqlite3.connect(vocker_home / "vocker.db")
+        try:
+            return {d.removeprefix("sha256:"): c for d, c in con.execute("SELECT digest, digests FROM blob_frames")}
+        finally:
+            con.close()
+
+    m = tmp_path / "m"
+    vocker("mount", img, m)
+    try:
+        for rel, data in big.items():
+            assert (m / rel).read_bytes() == data
+        assert wait_for(lambda: set(expected) <= set(recorded()), timeout=10), recorded().keys()
+    finally:
+        vocker("unmount", m)
+    assert {d: recorded()[d] for d in expected} == expected
+    for data in big.values():
+        corrupt(vocker_home, data)
+    vocker("mount", img, m)
+    try:
+        for rel, data in big.items():
+            assert_eio(m / rel, data)
+    finally:
+        vocker("unmount", m)
 
 
 def test_corrupt_blob_is_logged_when_mounted_from_python(img: str, vocker_home: Path, tmp_path: Path) -> None:

@@ -185,6 +185,19 @@ def test_verify_detects_flipped_byte_in_blob(two_images, vocker, vocker_home: Pa
     assert "1 problem" in proc.stderr
 
 
+def test_verify_drops_wrong_recorded_chunk_digests(two_images, vocker, vocker_home: Path) -> None:
+    digest = Reach(vocker_home, two_images["ids"]["one"]).files[f"{EXTRA}/one.bin"]
+    with contextlib.closing(sqlite3.connect(vocker_home / "vocker.db", timeout=30)) as db:
+        with db:
+            db.execute("INSERT INTO blob_frames (digest, frame_size, digests) VALUES (?, ?, ?)",
+                       (digest, 1 << 20, b"\0" * 32))
+    proc = vocker("verify", check=False)
+    assert_verify_fails(proc)
+    assert "wrong chunk digests" in problem_line(proc, digest)
+    assert query(vocker_home, "SELECT * FROM blob_frames WHERE digest = ?", digest) == []  # a cache: dropped
+    assert vocker("verify").stdout.startswith("OK:")
+
+
 def test_verify_detects_deleted_blob_file(two_images, vocker, vocker_home: Path) -> None:
     ids = two_images["ids"]
     digest = Reach(vocker_home, ids["two"]).files[f"{EXTRA}/two.bin"]

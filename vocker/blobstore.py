@@ -35,6 +35,8 @@ ZSTD = "zstd"  # one frame: the whole content
 ZSTD_SEEKABLE = "zstd-seekable"  # frames of FRAME_SIZE plus a seek table
 #: Frame size of the seekable format: a random read decompresses at most this much.
 FRAME_SIZE = 1 << 20
+#: Large blobs are checked in chunks of this many content bytes (one frame each).
+CHUNK = FRAME_SIZE
 #: zstd level 2: about 30 % faster than 3 for ~5 % more bytes on a typical venv (docs/benchmarks.md).
 LEVEL = 2
 #: Store compressed only when it saves at least this fraction.
@@ -91,6 +93,11 @@ def decode(stored: bytes, codec: str, digest: str = "") -> bytes:
             return data
     except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
         raise IntegrityError(f"corrupt blob {digest} (bad compressed data: {exc})") from None
+
+
+def chunk_digests_of(data: bytes) -> bytes:
+    """The sha256 of each CHUNK of ``data``, concatenated."""
+    return b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
 
 
 @attrs.define
@@ -172,13 +179,16 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return data
 
-    def verify(self, digest: str, codec: str, size: int) -> None:
-        """Stream-check a blob against its digest without holding it in memory."""
+    def chunk_digests(self, digest: str, codec: str, size: int) -> bytes:
+        """Stream-check a blob against its digest and return the sha256 of each CHUNK of it.
+
+        Computed only from content that matched the blob's digest, so they are as
+        trustworthy as the digest itself; a BlobReader then checks each chunk it reads
+        against them instead of re-hashing the whole blob at every first open.
+        """
         h = hashlib.sha256()
+        chunks: list[bytes] = []
         total = 0
-        if codec == ZSTD:  # one frame of at most FRAME_SIZE: simply decode it
-            self.read(digest, codec, size)
-            return
         try:
             f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD_SEEKABLE else open(self.path(digest), "rb")
         except FileNotFoundError:
@@ -187,8 +197,11 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
         with f:
             try:
-                while chunk := f.read(1 << 20):
+                if codec == ZSTD:  # one frame of at most FRAME_SIZE
+                    f = io.BytesIO(decode(f.read(), codec, digest))
+                while chunk := _read_exactly(f, CHUNK):
                     h.update(chunk)
+                    chunks.append(hashlib.sha256(chunk).digest())
                     total += len(chunk)
                 if codec == ZSTD_SEEKABLE and f.seek(0, io.SEEK_END) != total:
                     raise pyzstd.SeekableFormatError("seek table does not match the frames")
@@ -196,9 +209,10 @@ class BlobFiles:
                 raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
         if total != size or f"sha256:{h.hexdigest()}" != digest:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
+        return b"".join(chunks)
 
-    def reader(self, digest: str, codec: str) -> "BlobReader":
-        return BlobReader(self.path(digest), codec)
+    def reader(self, digest: str, codec: str, size: int, chunks: bytes) -> "BlobReader":
+        return BlobReader(self.path(digest), digest, codec, size, chunks)
 
     def iter_files(self):  # type: ignore[no-untyped-def]
         """(digest, path) of every blob file present, recorded or not."""
@@ -207,30 +221,75 @@ class BlobFiles:
                 yield "sha256:" + entry.name, Path(entry.path)
 
 
-class BlobReader:
-    """Random access to a blob's content (which the caller has verified)."""
+def _read_exactly(f: io.RawIOBase | io.BufferedIOBase | pyzstd.SeekableZstdFile, n: int) -> bytes:
+    data = f.read(n)
+    while data and len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
-    def __init__(self, path: Path, codec: str) -> None:
+
+class BlobReader:
+    """Random access to a blob's content, each CHUNK checked against its recorded sha256
+    when first read (a corrupt chunk raises IntegrityError, never returns wrong bytes)."""
+
+    KEEP = 4  # recently read chunks kept: the kernel's reads are smaller than a chunk
+
+    def __init__(self, path: Path, digest: str, codec: str, size: int, chunks: bytes) -> None:
+        if len(chunks) != 32 * -(-size // CHUNK):
+            raise IntegrityError(f"chunk digests of blob {digest} do not match its size")
+        self._digest, self._size, self._chunks = digest, size, chunks
         self._lock = threading.Lock()
-        self._data: bytes | None = None
+        self._recent: dict[int, bytes] = {}
         self._zst: pyzstd.SeekableZstdFile | None = None
+        self._data: bytes | None = None
         self._fd = -1
-        if codec == ZSTD:  # small: decode once
-            self._data = pyzstd.decompress(path.read_bytes())
-        elif codec == ZSTD_SEEKABLE:
-            self._zst = pyzstd.SeekableZstdFile(path, "r")
-        else:
-            self._zst = None
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if codec == ZSTD:
+                self._data = decode(path.read_bytes(), codec, digest)
+            elif codec == ZSTD_SEEKABLE:
+                self._zst = pyzstd.SeekableZstdFile(path, "r")
+            else:
+                self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise MissingObjectError(f"missing blob {digest}") from None
+        except (pyzstd.ZstdError, pyzstd.SeekableFormatError) as exc:
+            raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
 
     def pread(self, size: int, offset: int) -> bytes:
-        if self._data is not None:
-            return self._data[offset:offset + size]
-        if self._zst is None:
-            return os.pread(self._fd, size, offset)
+        end = min(offset + size, self._size)
+        pieces = []
+        while offset < end:
+            i = offset // CHUNK
+            start = offset - i * CHUNK
+            piece = self._chunk(i)[start:start + end - offset]
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
+
+    def _chunk(self, i: int) -> bytes:
         with self._lock:  # a seekable zstd file has one position
-            self._zst.seek(offset)
-            return self._zst.read(size)
+            data = self._recent.get(i)
+            if data is not None:
+                return data
+            try:
+                if self._data is not None:
+                    data = self._data[i * CHUNK:(i + 1) * CHUNK]
+                elif self._zst is not None:
+                    self._zst.seek(i * CHUNK)
+                    data = _read_exactly(self._zst, CHUNK)
+                else:
+                    data = os.pread(self._fd, CHUNK, i * CHUNK)
+            except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
+                raise IntegrityError(f"corrupt blob {self._digest} ({exc})") from None
+            if hashlib.sha256(data).digest() != self._chunks[32 * i:32 * i + 32]:
+                raise IntegrityError(f"corrupt blob {self._digest} (chunk {i} does not match its digest)")
+            if len(self._recent) >= self.KEEP:
+                del self._recent[next(iter(self._recent))]
+            self._recent[i] = data
+            return data
 
     def close(self) -> None:
         if self._zst is not None:

@@ -153,6 +153,10 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
     the daemon is a fresh interpreter instead.
     """
     if hasattr(os, "fork") and threading.active_count() == 1:
+        # No SQLite connection may be open across fork: the child would inherit the
+        # library's lock bookkeeping without the locks, and this process's exit would
+        # then delete the WAL the daemon is still writing to (its writes lost).
+        store.close()
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the forked processes
             code = 1

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import attrs
 from cachetools import LRUCache
 from . import db, locking, refs
-from .blobstore import BlobFiles, BlobInfo
+from .blobstore import CHUNK, BlobFiles, BlobInfo
 from .digest import digest_bytes
 from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
@@ -118,6 +118,27 @@ class Store:
     def read_blob(self, digest: str, info: BlobInfo | None = None) -> bytes:
         info = info or self.blob_info(digest)
         return self.blobs.read(digest, info.codec, info.size)
+
+    def blob_chunks(self, info: BlobInfo) -> bytes:
+        """Per-chunk digests of a blob for verified range reads: recorded ones, else
+        computed by checking the whole blob once and recorded for next time."""
+        with self.read() as conn:
+            row = conn.execute("SELECT frame_size, digests FROM blob_frames WHERE digest = ?", (info.digest,)).fetchone()
+        if row is not None and row[0] == CHUNK:
+            return bytes(row[1])
+        chunks = self.blobs.chunk_digests(info.digest, info.codec, info.size)
+        # Recorded in the background: a reader must not wait behind another process's long write.
+        threading.Thread(target=self._record_chunks, args=(info.digest, chunks), daemon=True).start()
+        return chunks
+
+    def _record_chunks(self, digest: str, chunks: bytes) -> None:
+        with contextlib.suppress(db.Error), self.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO blob_frames (digest, frame_size, digests) VALUES (?, ?, ?)",
+                         (digest, CHUNK, chunks))
+
+    def forget_chunks(self, digest: str) -> None:
+        with self.write() as conn:
+            conn.execute("DELETE FROM blob_frames WHERE digest = ?", (digest,))
 
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
