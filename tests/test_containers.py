@@ -46,6 +46,7 @@ DATA = {  # extra files in site-packages: > 300 bytes, so each is a blob of its 
     f"{SITE}/vdata/big.txt": b"".join(b"line %08d of a big text\n" % i for i in range(240_000)),  # seekable zstd
 }
 DATA_KEY_RAW = f"{SITE}/vdata/raw.bin"
+CHUNK = 128 << 10  # vocker.blobstore.CHUNK
 PYC = f"{SITE}/alpha/__pycache__/__init__.{sys.implementation.cache_tag}.pyc"
 
 
@@ -360,17 +361,17 @@ def test_corrupt_blob_gives_eio_not_wrong_bytes(img: str, vocker, vocker_home: P
 
 def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: str, vocker, vocker_home: Path,
                                                                             tmp_path: Path) -> None:
-    """The first read of a large blob checks it whole and records the digest of each MiB; later
+    """The first read of a large blob checks it whole and records the digest of each chunk; later
     reads check only the chunks they touch. The forked daemon writes that record after the
     mounting CLI has exited: its database writes must survive that exit."""
     big = {rel: data for rel, data in DATA.items() if len(data) > 4 << 20}
-    expected = {sha(data): b"".join(hashlib.sha256(data[i:i + (1 << 20)]).digest() for i in range(0, len(data), 1 << 20))
+    expected = {sha(data): b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
                 for data in big.values()}
 
     def recorded() -> dict[str, bytes]:
         con = sqlite3.connect(vocker_home / "vocker.db")
         try:
-            return {d.removeprefix("sha256:"): c for d, c in con.execute("SELECT digest, digests FROM blob_frames")}
+            return {d.removeprefix("sha256:"): c for d, c in con.execute("SELECT digest, digests FROM blob_chunks")}
         finally:
             con.close()
 

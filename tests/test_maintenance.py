@@ -189,12 +189,12 @@ def test_verify_drops_wrong_recorded_chunk_digests(two_images, vocker, vocker_ho
     digest = Reach(vocker_home, two_images["ids"]["one"]).files[f"{EXTRA}/one.bin"]
     with contextlib.closing(sqlite3.connect(vocker_home / "vocker.db", timeout=30)) as db:
         with db:
-            db.execute("INSERT INTO blob_frames (digest, frame_size, digests) VALUES (?, ?, ?)",
-                       (digest, 1 << 20, b"\0" * 32))
+            db.execute("INSERT INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
+                       (digest, 128 << 10, b"\0" * 32))
     proc = vocker("verify", check=False)
     assert_verify_fails(proc)
     assert "wrong chunk digests" in problem_line(proc, digest)
-    assert query(vocker_home, "SELECT * FROM blob_frames WHERE digest = ?", digest) == []  # a cache: dropped
+    assert query(vocker_home, "SELECT * FROM blob_chunks WHERE digest = ?", digest) == []  # a cache: dropped
     assert vocker("verify").stdout.startswith("OK:")
 
 

@@ -49,7 +49,7 @@ def main(config: dict[str, Any]) -> int:
     from . import containers
     from .store import Store
 
-    store = Store.open(Path(config["store"]))
+    store = Store.open(Path(config["store"]), prefetch=True)
     name = config["container"]
     try:
         from fs_backends.fuse_linux import serve

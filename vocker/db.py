@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 -- Content blobs: files under blobs/sha256/, one per distinct file content.
@@ -28,11 +28,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     stored_size INTEGER NOT NULL,   -- bytes on disk
     codec VARCHAR NOT NULL          -- "raw", "zstd" (one frame) or "zstd-seekable"
 );
--- Per-frame sha256 of seekable blobs, so a range read verifies only the frames it uses.
-CREATE TABLE IF NOT EXISTS blob_frames (
+-- sha256 of each chunk of a large blob, so a range read checks only the chunks it uses
+-- (derived from content that matched the blob's digest: a cache, recomputed when missing).
+CREATE TABLE IF NOT EXISTS blob_chunks (
     digest VARCHAR PRIMARY KEY,
-    frame_size INTEGER NOT NULL,    -- uncompressed bytes per frame (the last may be shorter)
-    digests BLOB NOT NULL           -- concatenated 32-byte sha256 of each frame's bytes
+    chunk_size INTEGER NOT NULL,    -- content bytes per chunk (the last may be shorter)
+    digests BLOB NOT NULL           -- concatenated 32-byte sha256 of each chunk
 );
 -- Small structured objects kept in the database itself: tree nodes and manifests.
 CREATE TABLE IF NOT EXISTS objects (
@@ -105,11 +106,13 @@ class Database:
     forked child never touches its parent's connections (SQLite forbids it).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prefetch: bool = False) -> None:
         self.path = path
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        if prefetch:
+            self._prefetch()
         with self._connection() as conn:
             if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")  # two first-time processes must not race on CREATE TABLE
@@ -122,6 +125,21 @@ class Database:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+
+    def _prefetch(self) -> None:
+        """Ask the kernel to read the database into its cache in the background (a mount
+        daemon then meets no cold random reads on its first lookups; no-op where unsupported).
+
+        Only before the first connection: closing any descriptor of the file drops every
+        POSIX lock this process holds on it, SQLite's included.
+        """
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError, AttributeError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -160,16 +178,25 @@ class Database:
                 conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed when the block ends normally, else rolled back."""
+    def write(self, wait_ms: int = 60000) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends normally, else rolled back.
+
+        ``wait_ms``: how long to wait for another writer before "database is locked".
+        """
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            if wait_ms != 60000:
+                conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if wait_ms != 60000:
+                    conn.execute("PRAGMA busy_timeout = 60000")
 
     def close(self) -> None:
         with self._lock:

@@ -81,7 +81,7 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
     reaches = {image_id: reach(store, image_id) for image_id in names}
     with store.read() as conn:
         rows = {r[0]: BlobInfo(*r) for r in conn.execute("SELECT digest, size, stored_size, codec FROM blobs")}
-        chunked = {d: bytes(c) for d, c in conn.execute("SELECT digest, digests FROM blob_frames WHERE frame_size = ?",
+        chunked = {d: bytes(c) for d, c in conn.execute("SELECT digest, digests FROM blob_chunks WHERE chunk_size = ?",
                                                           (CHUNK,))}
     wanted = set().union(*(r.blobs for r in reaches.values())) | set(rows)
     broken: dict[str, tuple[str, str]] = {}
@@ -149,7 +149,7 @@ def gc(store: Store) -> GcResult:
         rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
         dead_blobs = set(rows) - blobs
         conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in dead_blobs])
-        conn.executemany("DELETE FROM blob_frames WHERE digest = ?", [(d,) for d in dead_blobs])
+        conn.executemany("DELETE FROM blob_chunks WHERE digest = ?", [(d,) for d in dead_blobs])
 
     # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
     freed = 0

@@ -55,13 +55,14 @@ class Store:
     _trees_lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @classmethod
-    def open(cls, root: Path | None = None) -> "Store":
+    def open(cls, root: Path | None = None, *, prefetch: bool = False) -> "Store":
+        """``prefetch``: have the kernel read the database ahead (for a mount daemon)."""
         root = Path(root) if root is not None else default_home()
         try:
             root.mkdir(parents=True, exist_ok=True)
             blobs = BlobFiles(root)
             blobs.setup()
-            database = db.Database(root / "vocker.db")
+            database = db.Database(root / "vocker.db", prefetch)
         except db.Error as exc:
             if _read_only(root):
                 raise VockerError(f"the store at {root} is on a read-only file system") from None
@@ -123,22 +124,20 @@ class Store:
         """Per-chunk digests of a blob for verified range reads: recorded ones, else
         computed by checking the whole blob once and recorded for next time."""
         with self.read() as conn:
-            row = conn.execute("SELECT frame_size, digests FROM blob_frames WHERE digest = ?", (info.digest,)).fetchone()
+            row = conn.execute("SELECT chunk_size, digests FROM blob_chunks WHERE digest = ?", (info.digest,)).fetchone()
         if row is not None and row[0] == CHUNK:
             return bytes(row[1])
         chunks = self.blobs.chunk_digests(info.digest, info.codec, info.size)
-        # Recorded in the background: a reader must not wait behind another process's long write.
-        threading.Thread(target=self._record_chunks, args=(info.digest, chunks), daemon=True).start()
+        # A reader must not wait behind another process's long write: if the database is
+        # busy, the digests are simply computed again next time.
+        with contextlib.suppress(db.OperationalError), self.database.write(wait_ms=100) as conn:
+            conn.execute("INSERT OR REPLACE INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
+                         (info.digest, CHUNK, chunks))
         return chunks
-
-    def _record_chunks(self, digest: str, chunks: bytes) -> None:
-        with contextlib.suppress(db.Error), self.write() as conn:
-            conn.execute("INSERT OR REPLACE INTO blob_frames (digest, frame_size, digests) VALUES (?, ?, ?)",
-                         (digest, CHUNK, chunks))
 
     def forget_chunks(self, digest: str) -> None:
         with self.write() as conn:
-            conn.execute("DELETE FROM blob_frames WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM blob_chunks WHERE digest = ?", (digest,))
 
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""

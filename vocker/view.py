@@ -32,7 +32,7 @@ import attrs
 from cachetools import LRUCache
 
 from . import bytecode, template
-from .blobstore import BlobReader
+from .blobstore import BlobReader, ChunkCache
 from .errors import VockerError
 from .manifest import Manifest
 from .scaffold import Link, scaffold
@@ -45,7 +45,7 @@ Parts = tuple[str, ...]
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 #: Contents up to this size are kept decoded in memory after their first read.
-SMALL = 4 << 20
+SMALL = 1 << 20
 
 
 def split(path: str) -> Parts:
@@ -154,7 +154,8 @@ class ContainerView:
         self._children: dict[Parts, dict[str, Lower]] = {}
         self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
         self._contents_lock = threading.Lock()
-        self._chunks: dict[str, bytes] = {}  # blob digest -> its chunk digests (32 bytes per MiB)
+        self._chunks: dict[str, bytes] = {}  # blob digest -> its chunk digests (32 bytes per CHUNK)
+        self._chunk_cache = ChunkCache()
         self._upper_dirs: dict[Parts, UpperDir | None] = {}
         self._handles: dict[int, Handle] = {}
         self._gen = 0  # even: no change in progress
@@ -286,7 +287,7 @@ class ContainerView:
             chunks = self._chunks.get(e.digest)
             if chunks is None:
                 chunks = self._chunks[e.digest] = self.store.blob_chunks(info)
-            return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec, info.size, chunks))
+            return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec, info.size, chunks, self._chunk_cache))
         except (VockerError, OSError) as exc:
             log.error("cannot read blob %s: %s", e.digest, exc)
             raise _err(errno.EIO) from None
