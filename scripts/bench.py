@@ -1040,8 +1040,9 @@ class Bench:
                  f"times {_samples(tm)}; disk {_samples(td)}", unit="MB/s", base_name="same file on disk",
                  target_desc=f">= {TARGET_SEQREAD}x disk", passed=rm / rd >= TARGET_SEQREAD)
         self.row("M4 first read after mounting (through the daemon)", size / MB / first, rd, None,
-                 f"{first:.2f} s: the open verifies the whole blob (sha256 of the decompressed content), then "
-                 f"the reads decompress it again; the store file is in the page cache", unit="MB/s",
+                 f"{first:.2f} s: the first read ever of this blob checks it whole and records the sha256 of "
+                 f"each 128 KiB chunk, then the reads decompress and check chunk by chunk; the store file is in "
+                 f"the page cache", unit="MB/s",
                  base_name="warm disk read", target_desc="-", passed=None)
 
     # -- M5 -------------------------------------------------------------------------------------------
@@ -1092,8 +1093,8 @@ class Bench:
         res["m5"] = {"first": first, **t, "pins": len(pins)}
         u = median(t["uv"])
         self.row(f"M5 image -> `python -c pass`: vocker run ({len(pins)} distributions)", median(t["run"]), u, None,
-                 f"`vocker run IMG -- python -c pass` (mount in a temp dir, run, unmount); paired ratio "
-                 f"{_paired(t['run'], t['uv'])}, i.e. {_speed(median(t['run']), u)} than uv; samples "
+                 f"`vocker run IMG -- python -c pass` (mount in a temp dir, run, unmount); medians: "
+                 f"{_speed(median(t['run']), u)} than uv; per repetition {_paired(t['run'], t['uv'])}; samples "
                  f"{_samples(t['run'])}; first (untimed) {first['run']:.2f} s",
                  base_name="uv venv + uv pip install (warm cache)",
                  target_desc=f"<= {TARGET_RUN_VS_UV}x uv (5x faster)", passed=median(t["run"]) / u <= TARGET_RUN_VS_UV)
