@@ -63,7 +63,7 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
     persistent = name is not None
     name = name or "tmp-" + secrets.token_hex(6)
     upper = upper_dir(store, name)
-    with store.write() as conn:
+    with store.write(durable=persistent) as conn:
         if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
             raise UsageError(f"container {name!r} already exists")
         conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
@@ -77,19 +77,19 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
 
 def remove(store: Store, name: str) -> None:
     """Forget a container and delete its writable layer (the caller checked it is not mounted)."""
-    with store.write() as conn:
+    with store.write(durable=False) as conn:  # if a power loss undoes it, `vocker rm` again
         conn.execute("DELETE FROM containers WHERE name = ?", (name,))
     shutil.rmtree(container_dir(store, name), ignore_errors=True)
 
 
 def record_mount(store: Store, mountpoint: str, container: str, pid: int, options: dict[str, Any]) -> None:
-    with store.write() as conn:
+    with store.write(durable=False) as conn:  # no mount outlives a power loss
         conn.execute("INSERT OR REPLACE INTO mounts (mountpoint, container, pid, created, options) "
                      "VALUES (?, ?, ?, ?, ?)", (mountpoint, container, pid, time.time(), json.dumps(options)))
 
 
 def forget_mount(store: Store, mountpoint: str) -> None:
-    with store.write() as conn:
+    with store.write(durable=False) as conn:
         conn.execute("DELETE FROM mounts WHERE mountpoint = ?", (mountpoint,))
 
 

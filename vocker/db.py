@@ -178,14 +178,18 @@ class Database:
                 conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
-    def write(self, wait_ms: int = 60000) -> Iterator[sqlite3.Connection]:
+    def write(self, wait_ms: int = 60000, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction: committed when the block ends normally, else rolled back.
 
         ``wait_ms``: how long to wait for another writer before "database is locked".
+        ``durable=False`` skips the fsync at commit, for records that mean nothing after
+        a power loss (mounts, throw-away containers): they still survive a crash or kill -9.
         """
         with self._connection() as conn:
             if wait_ms != 60000:
                 conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            if not durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -197,6 +201,8 @@ class Database:
             finally:
                 if wait_ms != 60000:
                     conn.execute("PRAGMA busy_timeout = 60000")
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         with self._lock:

@@ -76,8 +76,8 @@ class Store:
     def read(self) -> contextlib.AbstractContextManager[Connection]:
         return self.database.read()
 
-    def write(self) -> contextlib.AbstractContextManager[Connection]:
-        return self.database.write()
+    def write(self, durable: bool = True) -> contextlib.AbstractContextManager[Connection]:
+        return self.database.write(durable=durable)
 
     def close(self) -> None:
         self.database.close()
