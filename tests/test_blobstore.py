@@ -1,0 +1,101 @@
+"""Blob files on their own (no FUSE): codecs, and range reads checked chunk by chunk."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from vocker.blobstore import CHUNK, RAW, ZSTD, ZSTD_SEEKABLE, BlobFiles, ChunkCache, chunk_digests_of
+from vocker.errors import IntegrityError
+
+SIZE = 5 * CHUNK + 12345  # a short last chunk
+
+
+def contents() -> dict[str, bytes]:
+    rng = random.Random(7)
+    return {
+        RAW: rng.randbytes(SIZE),  # incompressible
+        ZSTD: b"".join(b"%08d small and compressible\n" % i for i in range(20_000))[:300_000],
+        ZSTD_SEEKABLE: b"".join(b"row %09d of a large compressible file\n" % i for i in range(60_000)),
+    }
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobFiles:
+    b = BlobFiles(tmp_path)
+    b.setup()
+    return b
+
+
+def write(blobs: BlobFiles, data: bytes) -> tuple[str, str]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return digest, blobs.write(digest, data).codec
+
+
+@pytest.mark.parametrize("codec", [RAW, ZSTD, ZSTD_SEEKABLE])
+def test_range_reads_return_exactly_the_content(blobs: BlobFiles, codec: str) -> None:
+    data = contents()[codec]
+    digest, stored_as = write(blobs, data)
+    assert stored_as == codec
+    chunks = blobs.chunk_digests(digest, codec, len(data))
+    assert chunks == chunk_digests_of(data) and len(chunks) == 32 * -(-len(data) // CHUNK)
+    reader = blobs.reader(digest, codec, len(data), chunks, ChunkCache())
+    rng = random.Random(1)
+    spans = [(0, len(data)), (CHUNK - 1, 2), (len(data) - 3, 100), (len(data), 10), (0, 0)]
+    spans += [(rng.randrange(len(data)), rng.choice([1, 4096, CHUNK, 3 * CHUNK + 7])) for _ in range(200)]
+    try:
+        for offset, size in spans:
+            assert reader.pread(size, offset) == data[offset:offset + size], (offset, size)
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("codec", [RAW, ZSTD_SEEKABLE])
+def test_a_corrupt_chunk_fails_only_the_reads_that_touch_it(blobs: BlobFiles, codec: str) -> None:
+    data = contents()[codec]
+    digest, _ = write(blobs, data)
+    chunks = blobs.chunk_digests(digest, codec, len(data))
+    path = blobs.path(digest)
+    raw = bytearray(path.read_bytes())
+    if codec == RAW:
+        raw[2 * CHUNK + 10] ^= 0x01  # inside chunk 2
+        bad = 2
+    else:  # a frame's compressed bytes: whichever chunk it lands in must fail, the first must not
+        raw[len(raw) // 2] ^= 0x01
+        bad = None
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        blobs.chunk_digests(digest, codec, len(data))  # the whole-blob check sees it too
+    reader = blobs.reader(digest, codec, len(data), chunks, ChunkCache())
+    try:
+        with pytest.raises(IntegrityError):
+            reader.pread(len(data), 0)
+        for attempt in range(2):  # the failure is not cached as content
+            with pytest.raises(IntegrityError):
+                reader.pread(len(data), 0)
+        if bad is not None:
+            assert reader.pread(CHUNK, 0) == data[:CHUNK]
+            assert reader.pread(CHUNK, 3 * CHUNK) == data[3 * CHUNK:4 * CHUNK]
+            with pytest.raises(IntegrityError):
+                reader.pread(1, 2 * CHUNK + 10)
+    finally:
+        reader.close()
+
+
+def test_wrong_chunk_digests_never_return_bytes(blobs: BlobFiles) -> None:
+    data = contents()[RAW]
+    digest, codec = write(blobs, data)
+    chunks = bytearray(chunk_digests_of(data))
+    chunks[32 * 1] ^= 0x01  # the record for chunk 1 is wrong, the blob is fine
+    reader = blobs.reader(digest, codec, len(data), bytes(chunks), ChunkCache())
+    try:
+        assert reader.pread(CHUNK, 0) == data[:CHUNK]
+        with pytest.raises(IntegrityError):
+            reader.pread(10, CHUNK + 5)
+    finally:
+        reader.close()
+    with pytest.raises(IntegrityError):  # a record that does not fit the size is refused up front
+        blobs.reader(digest, codec, len(data), bytes(chunks[:-32]), ChunkCache())
