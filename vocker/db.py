@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS mounts (
 );
 """
 
+#: How long a writer waits for another one before "database is locked" (an import can be long).
+BUSY_MS = 60_000
+
 Error = sqlite3.Error
 OperationalError = sqlite3.OperationalError
 
@@ -102,8 +105,10 @@ class Database:
     """Connections to one store database, reused across blocks and threads.
 
     Each ``read()``/``write()`` block gets a connection of its own (nested blocks do
-    not share a transaction); idle connections are kept for the next block. A
-    forked child never touches its parent's connections (SQLite forbids it).
+    not share a transaction); idle connections are kept for the next block. Call
+    ``close()`` before ``fork()``: a child that opens the file while the parent has it
+    open inherits SQLite's lock bookkeeping without the locks (and the parent's exit
+    can then delete the WAL under it); a forked child never reuses pooled connections.
     """
 
     def __init__(self, path: Path, prefetch: bool = False) -> None:
@@ -142,7 +147,7 @@ class Database:
                     os.close(fd)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -178,7 +183,7 @@ class Database:
                 conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
-    def write(self, wait_ms: int = 60000, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def write(self, wait_ms: int = BUSY_MS, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction: committed when the block ends normally, else rolled back.
 
         ``wait_ms``: how long to wait for another writer before "database is locked".
@@ -186,7 +191,7 @@ class Database:
         a power loss (mounts, throw-away containers): they still survive a crash or kill -9.
         """
         with self._connection() as conn:
-            if wait_ms != 60000:
+            if wait_ms != BUSY_MS:
                 conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             if not durable:
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -199,8 +204,8 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             finally:
-                if wait_ms != 60000:
-                    conn.execute("PRAGMA busy_timeout = 60000")
+                if wait_ms != BUSY_MS:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
                 if not durable:
                     conn.execute("PRAGMA synchronous = FULL")
 

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 from sqlite3 import Connection
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import attrs
 from cachetools import LRUCache
