@@ -125,6 +125,16 @@ def test_audit_match_and_mismatch(build, project: Path, vocker_home: Path, tmp_p
     assert "lib/python3.11/site-packages/alpha/__init__.py: content differs" in proc.stdout
 
 
+def test_audit_when_the_recorded_wheel_directory_is_gone(build, wheels_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "wheels-then"
+    shutil.copytree(wheels_dir, moved)
+    build("build", "alpha==1.0", "--no-index", "--find-links", moved, "-t", "app")
+    shutil.rmtree(moved)
+    message = one_error_line(build("audit", "app", check=False))
+    assert str(moved) in message and "--find-links" in message
+    assert build("audit", "app", *build.index).stdout.startswith("OK: rebuilding gives the same image")
+
+
 def test_audit_of_an_imported_image_says_there_is_no_lock(build, make_venv, tmp_path: Path) -> None:
     build("image", "import", make_venv(tmp_path / "env"), "-t", "imported")
     assert "no build record" in one_error_line(build("audit", "imported", check=False))

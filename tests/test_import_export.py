@@ -105,9 +105,10 @@ def test_symlinks_and_exec_bits_are_kept(tmp_path, make_venv, vocker) -> None:
     assert os.access(out_site / "gamma" / "tool.sh", os.X_OK)
     assert not os.access(out_site / "gamma" / "__init__.py", os.X_OK)
     # lib64 -> lib did not make site-packages count twice: every regular file once, minus
-    # the scaffolding (pyvenv.cfg and four activate scripts) and bytecode.
+    # the scaffolding (pyvenv.cfg and four activate scripts), bytecode and uv's
+    # machine-local uv_cache.json.
     regular = sum(1 for d, dirs, fs in os.walk(env) if "__pycache__" not in d
-                  for f in fs if not os.path.islink(os.path.join(d, f)))
+                  for f in fs if not os.path.islink(os.path.join(d, f)) and f != "uv_cache.json")
     assert json.loads(vocker("image", "inspect", "links").stdout)["files"] == regular - 5
 
 
@@ -150,6 +151,9 @@ def test_record_and_direct_url_are_normalised(tmp_path, make_venv, vocker, wheel
     script_line = next(line for line in record if line.startswith("../../../bin/alpha-cli"))
     assert script_line == "../../../bin/alpha-cli,,"
     assert not any("direct_url.json" in line for line in record)
+    if (dist / "uv_cache.json").exists():  # uv: when it last saw the local wheel (machine-local)
+        assert not (out_dist / "uv_cache.json").exists()
+        assert not any("uv_cache.json" in line for line in record)
 
 
 def test_reimport_skips_unchanged_files_but_sees_changes(tmp_path, make_venv, vocker) -> None:

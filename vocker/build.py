@@ -328,6 +328,10 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         recorded = record.get("index") or {}
         assert isinstance(recorded, dict)
         index = IndexOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+        gone = [f for f in index.find_links if os.path.isabs(f) and not os.path.exists(f)]
+        if gone:
+            raise UsageError(f"the build used --find-links {gone[0]}, which no longer exists; give the "
+                             "audit its packages' source (--find-links, --index-url, --no-index)")
     python = find_requested(str(python_facts["version"]))
     if (python["soabi"], python["platform"]) != (python_facts["soabi"], python_facts["platform"]):
         raise UsageError(f"image {ref} was built for {python_facts['soabi']} on {python_facts['platform']}; "

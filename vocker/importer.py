@@ -196,7 +196,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         def _outcome(task: FileTask, data: bytes) -> importcache.Outcome:
             name = task.rel[-1]
             if paths is not None:
-                if name == "direct_url.json" and task.rel[-2].endswith(".dist-info") and normalize.drop_direct_url(data):
+                if len(task.rel) > 1 and normalize.machine_local(name, task.rel[-2], data):
                     return importcache.Outcome(None, False)
                 parts = paths.to_template(data, is_script=task.rel[0] in ("bin", "Scripts"))
                 if parts is not None:

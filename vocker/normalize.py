@@ -3,8 +3,9 @@
 - the venv's absolute path inside text files becomes a template variable;
 - script shebangs pointing at the venv's python (plain or pip's /bin/sh
   trampoline, python or python3 or python3.X) become one canonical variable;
-- ``direct_url.json`` naming a local file (a wheel path on the build machine) is
-  dropped, as are RECORD lines for dropped files and for bytecode;
+- ``direct_url.json`` naming a local file (a wheel path on the build machine) and
+  uv's ``uv_cache.json`` (when it last saw a local source: a timestamp of the build
+  machine) are dropped, as are RECORD lines for dropped files and for bytecode;
 - RECORD lines of templated files lose their hash and size (the rendered file
   differs per location), and lines are sorted, so installers that write the same
   files in another order give the same bytes.
@@ -69,6 +70,13 @@ class VenvPaths:
         parts.append(rest[pos:])
         merged = [p for p in parts if p != b""]
         return merged if any(isinstance(p, str) for p in merged) else None
+
+
+def machine_local(name: str, parent: str, data: bytes) -> bool:
+    """A dist-info file that only describes the build machine (dropped from images)."""
+    if not parent.endswith(".dist-info"):
+        return False
+    return name == "uv_cache.json" or (name == "direct_url.json" and drop_direct_url(data))
 
 
 def drop_direct_url(data: bytes) -> bool:
