@@ -42,8 +42,11 @@ def installer() -> str:
 
 
 def options() -> dict[str, str]:
-    """Build options that are part of the cache key (the installer writes INSTALLER and RECORD)."""
-    return {"installer": installer()}
+    """Build options that are part of the cache key (the installer writes INSTALLER and RECORD;
+    the import rules decide what of the installed venv the image keeps)."""
+    from .normalize import RULES_VERSION
+
+    return {"installer": installer(), "import_rules": str(RULES_VERSION)}
 
 
 class BuildError(VockerError):

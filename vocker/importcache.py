@@ -21,12 +21,10 @@ from typing import Iterable
 import attrs
 import pyzstd
 
-from . import cbor
+from . import cbor, normalize
 from .store import Store
 from .tree import Entry
 
-#: Bump when import normalisation changes, so old outcomes are not reused.
-RULES = "2"
 RACY_SECONDS = 2.0
 
 
@@ -41,7 +39,7 @@ def stat_key(st: os.stat_result) -> str:
 
 
 def context_for(given: str, real: str | None) -> str:
-    return f"{RULES}|{given}|{real or ''}"
+    return f"{normalize.RULES_VERSION}|{given}|{real or ''}"
 
 
 def cache_dir(store: Store) -> Path:

@@ -24,6 +24,10 @@ import attrs
 from . import template
 from .template import Part
 
+#: Bump when these rules change what an import stores: import caches and build cache
+#: keys include it, so nothing made under older rules is reused as if made under these.
+RULES_VERSION = 2
+
 
 @attrs.frozen
 class VenvPaths:
