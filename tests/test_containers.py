@@ -361,9 +361,10 @@ def test_corrupt_blob_gives_eio_not_wrong_bytes(img: str, vocker, vocker_home: P
 
 def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: str, vocker, vocker_home: Path,
                                                                             tmp_path: Path) -> None:
-    """The first read of a large blob checks it whole and records the digest of each chunk; later
-    reads check only the chunks they touch. The forked daemon writes that record after the
-    mounting CLI has exited: its database writes must survive that exit."""
+    """Import records the digest of each chunk of a large blob; reads check only the chunks
+    they touch. A blob without that record (an older store, a dropped row) is checked whole
+    on its first read and the daemon records it, after the mounting CLI has exited: the
+    daemon's database writes must survive that exit."""
     big = {rel: data for rel, data in DATA.items() if len(data) > 4 << 20}
     expected = {sha(data): b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
                 for data in big.values()}
@@ -375,6 +376,13 @@ def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: 
         finally:
             con.close()
 
+    assert {d: recorded().get(d) for d in expected} == expected  # written with the blobs
+    con = sqlite3.connect(vocker_home / "vocker.db")
+    try:
+        with con:
+            con.execute("DELETE FROM blob_chunks")
+    finally:
+        con.close()
     m = tmp_path / "m"
     vocker("mount", img, m)
     try:

@@ -64,6 +64,7 @@ class Staged:
     tmp: str
     final: str
     info: BlobInfo
+    chunks: bytes | None = None  # chunk digests, for contents read in ranges (over ONE_FRAME_MAX)
 
 
 def encode(data: bytes) -> tuple[bytes, str]:
@@ -139,7 +140,10 @@ class BlobFiles:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(payload), codec))
+        # Contents over one frame are read in ranges in a mount: their chunk digests now, while
+        # the bytes are at hand, save a first reader hashing the whole blob twice.
+        chunks = chunk_digests_of(data) if len(data) > ONE_FRAME_MAX else None
+        return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(payload), codec), chunks)
 
     def commit(self, staged: list[Staged]) -> None:
         """Make staged blobs durable and put them under their names (the caller then records them)."""

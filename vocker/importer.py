@@ -231,7 +231,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         size = sum(e.size for e in results.values() if e is not None)
         infos = [s.info for s in ingest.staged.values()]
         with store.write() as conn:
-            store.record_blobs(conn, infos)
+            store.record_staged(conn, ingest.staged.values())
             store.record_objects(conn, "tree", objects)
             new = store.record_image(conn, image_id, manifest_bytes, size, files, provenance)
             if tag is not None:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import attrs
 from cachetools import LRUCache
 from . import db, locking, refs
-from .blobstore import CHUNK, BlobFiles, BlobInfo
+from .blobstore import CHUNK, BlobFiles, BlobInfo, Staged
 from .digest import digest_bytes
 from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
@@ -131,9 +131,13 @@ class Store:
         # A reader must not wait behind another process's long write: if the database is
         # busy, the digests are simply computed again next time.
         with contextlib.suppress(db.OperationalError), self.database.write(wait_ms=100) as conn:
-            conn.execute("INSERT OR REPLACE INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
-                         (info.digest, CHUNK, chunks))
+            self.record_chunks(conn, {info.digest: chunks})
         return chunks
+
+    @staticmethod
+    def record_chunks(conn: Connection, chunks: dict[str, bytes]) -> None:
+        conn.executemany("INSERT OR REPLACE INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
+                         [(d, CHUNK, c) for d, c in chunks.items()])
 
     def forget_chunks(self, digest: str) -> None:
         with self.write() as conn:
@@ -150,11 +154,17 @@ class Store:
         except BaseException:
             self.blobs.discard(staged)
             raise
-        infos = [s.info for s in staged]
         with self.write() as conn:
-            self.record_blobs(conn, infos)
+            self.record_staged(conn, staged)
             if pycs is not None:
                 self.record_pycs(conn, *pycs)
+
+    @classmethod
+    def record_staged(cls, conn: Connection, staged: Iterable[Staged]) -> None:
+        """Record committed blobs, with the chunk digests staging computed."""
+        staged = list(staged)
+        cls.record_blobs(conn, (s.info for s in staged))
+        cls.record_chunks(conn, {s.info.digest: s.chunks for s in staged if s.chunks is not None})
 
     @staticmethod
     def record_blobs(conn: Connection, infos: Iterable[BlobInfo]) -> None:
