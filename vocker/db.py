@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
 SCHEMA_VERSION = 3
@@ -216,12 +216,10 @@ class Database:
             conn.close()
 
 
-def placeholders(values: list[object] | tuple[object, ...]) -> str:
-    """``?, ?, ?`` for an ``IN (...)`` of these values."""
-    return ", ".join("?" * len(values))
-
-
-def chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
-    """Slices small enough for SQLite's limit on bound parameters."""
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
+def select_in(conn: sqlite3.Connection, query: str, values: Iterable[str], *before: object) -> Iterator[sqlite3.Row]:
+    """Rows of ``query``, whose ``IN ({})`` takes ``values`` (after the ``before`` parameters),
+    in slices small enough for SQLite's limit on bound parameters."""
+    values = list(values)
+    for i in range(0, len(values), 500):
+        part = values[i:i + 500]
+        yield from conn.execute(query.format(", ".join("?" * len(part))), [*before, *part])

@@ -106,12 +106,11 @@ class Store:
 
     def blob_infos(self, digests: Iterable[str]) -> dict[str, BlobInfo]:
         """Recorded facts of many blobs in a few queries (they never change; cached)."""
-        wanted = list(set(digests))
+        wanted = set(digests)
         out: dict[str, BlobInfo] = {}
         with self.read() as conn:
-            for chunk in db.chunks(wanted):
-                q = f"SELECT digest, size, stored_size, codec FROM blobs WHERE digest IN ({db.placeholders(chunk)})"
-                out.update({r[0]: BlobInfo(*r) for r in conn.execute(q, chunk)})
+            out.update({r[0]: BlobInfo(*r) for r in db.select_in(
+                conn, "SELECT digest, size, stored_size, codec FROM blobs WHERE digest IN ({})", wanted)})
         with self._trees_lock:
             self._infos.update(out)
         return out
@@ -146,8 +145,7 @@ class Store:
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
         with self.read() as conn:
-            present = {r[0] for chunk in db.chunks(list(datas))
-                       for r in conn.execute(f"SELECT digest FROM blobs WHERE digest IN ({db.placeholders(chunk)})", chunk)}
+            present = {r[0] for r in db.select_in(conn, "SELECT digest FROM blobs WHERE digest IN ({})", datas)}
         staged = [self.blobs.stage(d, data) for d, data in datas.items() if d not in present]
         try:
             self.blobs.commit(staged)
@@ -206,9 +204,8 @@ class Store:
                 missing = [d for d in level if d not in self._trees]
             found: dict[str, bytes] = {}
             with self.read() as conn:
-                for chunk in db.chunks(missing):
-                    q = f"SELECT digest, data FROM objects WHERE digest IN ({db.placeholders(chunk)})"
-                    found.update({d: bytes(data) for d, data in conn.execute(q, chunk)})
+                found.update({d: bytes(data) for d, data in db.select_in(
+                    conn, "SELECT digest, data FROM objects WHERE digest IN ({})", missing)})
             nxt = []
             for d in level:
                 if d in found and digest_bytes(found[d]) == d:
@@ -331,23 +328,21 @@ class Store:
 
     def cached_pycs(self, magic: str, sources: Iterable[str]) -> dict[str, str | None]:
         """source digest -> pyc body blob (None: known not to compile) for those cached."""
-        wanted = list(set(sources))
+        wanted = set(sources)
         out: dict[str, str | None] = {}
         with self.read() as conn:
-            for chunk in db.chunks(wanted):
-                q = f"SELECT source, pyc FROM pycs WHERE magic = ? AND source IN ({db.placeholders(chunk)})"
-                out.update({s: p for s, p in conn.execute(q, [magic, *chunk])})
+            out.update({s: p for s, p in db.select_in(
+                conn, "SELECT source, pyc FROM pycs WHERE magic = ? AND source IN ({})", wanted, magic)})
         return out
 
     def pyc_bodies(self, magic: str, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
         """source digest -> (pyc body blob, its size), for sources with cached bytecode."""
-        wanted = list(set(sources))
+        wanted = set(sources)
         out: dict[str, tuple[str, int]] = {}
         with self.read() as conn:
-            for chunk in db.chunks(wanted):
-                q = ("SELECT pycs.source, pycs.pyc, blobs.size FROM pycs JOIN blobs ON blobs.digest = pycs.pyc "
-                     f"WHERE pycs.magic = ? AND pycs.source IN ({db.placeholders(chunk)})")
-                out.update({s: (p, n) for s, p, n in conn.execute(q, [magic, *chunk])})
+            out.update({s: (p, n) for s, p, n in db.select_in(
+                conn, "SELECT pycs.source, pycs.pyc, blobs.size FROM pycs JOIN blobs ON blobs.digest = pycs.pyc "
+                "WHERE pycs.magic = ? AND pycs.source IN ({})", wanted, magic)})
         return out
 
     @staticmethod
