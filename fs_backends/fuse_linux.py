@@ -33,7 +33,7 @@ _invalidate_path.restype = ctypes.c_int
 #: so the states kept are bounded by the pool size.
 _pinned = threading.local()
 _gil_ensure = ctypes.pythonapi.PyGILState_Ensure
-MAX_THREADS = 16
+MAX_IDLE_THREADS = 16
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -171,7 +171,7 @@ def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, a
     options: dict[str, Any] = {
         "fsname": f"vocker:{name}", "subtype": "vocker", "default_permissions": True,
         "kernel_cache": True, "entry_timeout": CACHE_SECONDS, "attr_timeout": CACHE_SECONDS,
-        "negative_timeout": CACHE_SECONDS, "auto_unmount": True, "max_idle_threads": MAX_THREADS,
+        "negative_timeout": CACHE_SECONDS, "auto_unmount": True, "max_idle_threads": MAX_IDLE_THREADS,
     }
     if read_only or audit:
         options["ro"] = True

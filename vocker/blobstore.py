@@ -194,6 +194,8 @@ class BlobFiles:
         trustworthy as the digest itself; a BlobReader then checks each chunk it reads
         against them instead of re-hashing the whole blob at every first open.
         """
+        if codec == ZSTD:  # one frame of at most ONE_FRAME_MAX: decode and check it whole
+            return chunk_digests_of(self.read(digest, codec, size))
         h = hashlib.sha256()
         chunks: list[bytes] = []
         total = 0
@@ -205,8 +207,6 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
         with f:
             try:
-                if codec == ZSTD:  # one frame of at most ONE_FRAME_MAX
-                    f = io.BytesIO(decode(f.read(), codec, digest))
                 while chunk := _read_exactly(f, CHUNK):
                     h.update(chunk)
                     chunks.append(hashlib.sha256(chunk).digest())

@@ -32,7 +32,7 @@ import attrs
 from cachetools import LRUCache
 
 from . import bytecode, template
-from .blobstore import BlobReader, ChunkCache
+from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
 from .errors import VockerError
 from .manifest import Manifest
 from .scaffold import Link, scaffold
@@ -44,8 +44,9 @@ log = logging.getLogger("vocker.view")
 Parts = tuple[str, ...]
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-#: Contents up to this size are kept decoded in memory after their first read.
-SMALL = 1 << 20
+#: Contents up to this size are kept decoded in memory after their first read; larger
+#: ones are read chunk by chunk, with the chunk digests the store records for them.
+SMALL = ONE_FRAME_MAX
 
 
 def split(path: str) -> Parts:
