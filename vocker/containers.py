@@ -75,9 +75,12 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
     return Container(name, image_id, time.time(), persistent)
 
 
-def remove(store: Store, name: str) -> None:
-    """Forget a container and delete its writable layer (the caller checked it is not mounted)."""
-    with store.write(durable=False) as conn:  # if a power loss undoes it, `vocker rm` again
+def remove(store: Store, name: str, *, durable: bool = True) -> None:
+    """Forget a container and delete its writable layer (the caller checked it is not mounted).
+
+    ``durable=False`` for throw-away containers: no fsync, as their row means nothing after a power loss.
+    """
+    with store.write(durable=durable) as conn:
         conn.execute("DELETE FROM containers WHERE name = ?", (name,))
     shutil.rmtree(container_dir(store, name), ignore_errors=True)
 

@@ -77,7 +77,7 @@ def main(config: dict[str, Any]) -> int:
             containers.forget_mount(store, config["mountpoint"])
         container = containers.get(store, name)
         if container is not None and not container.persistent and record is not None and record.pid == os.getpid():
-            containers.remove(store, name)
+            containers.remove(store, name, durable=False)
     return 0
 
 

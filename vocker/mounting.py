@@ -136,7 +136,7 @@ def mount(store: Store, ref: str, path: Path, *, read_only: bool = False, audit:
         os.close(r)
     if not message.startswith("ok "):
         if not container.persistent:
-            containers.remove(store, container.name)
+            containers.remove(store, container.name, durable=False)
         raise VockerError(f"mount failed: {message.removeprefix('error: ')} (log: {log_path})")
     pid = int(message.split()[1])
     options = {"read_only": read_only, "audit": audit}
@@ -256,7 +256,7 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
         containers.forget_mount(store, mountpoint)
         container = containers.get(store, record.container)
         if container is not None and not container.persistent:
-            containers.remove(store, container.name)
+            containers.remove(store, container.name, durable=False)
     return record
 
 
