@@ -1,4 +1,5 @@
-"""Blob files on their own (no FUSE): codecs, and range reads checked chunk by chunk."""
+"""Blob files on their own (no FUSE): codecs, whole reads checked against the sha256 or the
+chunk digests, and range reads checked chunk by chunk."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import random
 from pathlib import Path
 
+import blake3
 import pytest
 
 from vocker.blobstore import CHUNK, RAW, ZSTD, ZSTD_SEEKABLE, BlobFiles, ChunkCache, chunk_digests_of
@@ -99,3 +101,29 @@ def test_wrong_chunk_digests_never_return_bytes(blobs: BlobFiles) -> None:
         reader.close()
     with pytest.raises(IntegrityError):  # a record that does not fit the size is refused up front
         blobs.reader(digest, codec, len(data), bytes(chunks[:-32]), ChunkCache())
+
+
+def test_chunk_digests_are_blake3_of_each_chunk() -> None:
+    data = contents()[RAW]
+    expected = b"".join(blake3.blake3(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
+    assert chunk_digests_of(data) == expected and len(expected) == 32 * 6
+
+
+@pytest.mark.parametrize("codec", [RAW, ZSTD, ZSTD_SEEKABLE])
+def test_whole_reads_check_the_chunk_digests_or_else_the_sha256(blobs: BlobFiles, codec: str) -> None:
+    data = contents()[codec]
+    digest, _ = write(blobs, data)
+    staged_chunks = chunk_digests_of(data)
+    assert blobs.read(digest, codec, len(data), staged_chunks) == data
+    assert blobs.read(digest, codec, len(data)) == data
+    wrong = bytearray(staged_chunks)
+    wrong[-1] ^= 0x01
+    with pytest.raises(IntegrityError):  # a wrong record fails the read, never returns unchecked bytes
+        blobs.read(digest, codec, len(data), bytes(wrong))
+    path = blobs.path(digest)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    for chunks in (staged_chunks, None):
+        with pytest.raises(IntegrityError):
+            blobs.read(digest, codec, len(data), chunks)

@@ -27,6 +27,7 @@ import textwrap
 from pathlib import Path
 from typing import Iterator
 
+import blake3
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -366,13 +367,13 @@ def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: 
     on its first read and the daemon records it, after the mounting CLI has exited: the
     daemon's database writes must survive that exit."""
     big = {rel: data for rel, data in DATA.items() if len(data) > 4 << 20}
-    expected = {sha(data): b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
+    expected = {sha(data): b"".join(blake3.blake3(data[i:i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
                 for data in big.values()}
 
     def recorded() -> dict[str, bytes]:
         con = sqlite3.connect(vocker_home / "vocker.db")
         try:
-            return {d.removeprefix("sha256:"): c for d, c in con.execute("SELECT digest, digests FROM blob_chunks")}
+            return {d.removeprefix("sha256:"): c for d, c in con.execute("SELECT digest, blake3 FROM blob_checks")}
         finally:
             con.close()
 
@@ -380,7 +381,7 @@ def test_large_blobs_are_checked_per_chunk_with_digests_the_daemon_records(img: 
     con = sqlite3.connect(vocker_home / "vocker.db")
     try:
         with con:
-            con.execute("DELETE FROM blob_chunks")
+            con.execute("DELETE FROM blob_checks")
     finally:
         con.close()
     m = tmp_path / "m"

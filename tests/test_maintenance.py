@@ -189,13 +189,32 @@ def test_verify_drops_wrong_recorded_chunk_digests(two_images, vocker, vocker_ho
     digest = Reach(vocker_home, two_images["ids"]["one"]).files[f"{EXTRA}/one.bin"]
     with contextlib.closing(sqlite3.connect(vocker_home / "vocker.db", timeout=30)) as db:
         with db:
-            db.execute("INSERT INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO blob_checks (digest, chunk_size, blake3) VALUES (?, ?, ?)",
                        (digest, 128 << 10, b"\0" * 32))
     proc = vocker("verify", check=False)
     assert_verify_fails(proc)
     assert "wrong chunk digests" in problem_line(proc, digest)
-    assert query(vocker_home, "SELECT * FROM blob_chunks WHERE digest = ?", digest) == []  # a cache: dropped
+    assert query(vocker_home, "SELECT * FROM blob_checks WHERE digest = ?", digest) == []  # a cache: dropped
     assert vocker("verify").stdout.startswith("OK:")
+
+
+def test_verify_records_missing_chunk_digests(two_images, vocker, vocker_home: Path) -> None:
+    """A schema-3 store (sha256 digests of large blobs' chunks only) is upgraded when opened,
+    its images still read, and one verify records the chunk digests of every blob."""
+    before = query(vocker_home, "SELECT digest, chunk_size, blake3 FROM blob_checks ORDER BY digest")
+    assert len(before) == len(query(vocker_home, "SELECT digest FROM blobs"))  # import records them all
+    with contextlib.closing(sqlite3.connect(vocker_home / "vocker.db", timeout=30)) as db:
+        with db:
+            db.execute("DELETE FROM blob_checks")
+            db.execute("CREATE TABLE blob_chunks (digest VARCHAR PRIMARY KEY, chunk_size INTEGER, digests BLOB)")
+        db.execute("PRAGMA user_version = 3")
+    assert vocker("export", "one", vocker_home.parent / "exported").returncode == 0  # reads check the sha256
+    assert query(vocker_home, "PRAGMA user_version") == [(4,)]
+    assert query(vocker_home, "SELECT name FROM sqlite_master WHERE name = 'blob_chunks'") == []
+    assert vocker("verify").stdout.startswith("OK:")
+    after = query(vocker_home, "SELECT digest, chunk_size, blake3 FROM blob_checks ORDER BY digest")
+    assert set(before) <= set(after)  # the export added pyc blobs (with their digests)
+    assert len(after) == len(query(vocker_home, "SELECT digest FROM blobs"))
 
 
 def test_verify_detects_deleted_blob_file(two_images, vocker, vocker_home: Path) -> None:

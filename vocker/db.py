@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 -- Content blobs: files under blobs/sha256/, one per distinct file content.
@@ -28,13 +28,16 @@ CREATE TABLE IF NOT EXISTS blobs (
     stored_size INTEGER NOT NULL,   -- bytes on disk
     codec VARCHAR NOT NULL          -- "raw", "zstd" (one frame) or "zstd-seekable"
 );
--- sha256 of each chunk of a large blob, so a range read checks only the chunks it uses
--- (derived from content that matched the blob's digest: a cache, recomputed when missing).
-CREATE TABLE IF NOT EXISTS blob_chunks (
+-- BLAKE3 of each chunk of a blob: reads check against these (fast), and a range read
+-- checks only the chunks it uses. Derived from content that matched the blob's sha256:
+-- a cache, recomputed when missing (vocker verify fills it in and drops wrong rows).
+CREATE TABLE IF NOT EXISTS blob_checks (
     digest VARCHAR PRIMARY KEY,
     chunk_size INTEGER NOT NULL,    -- content bytes per chunk (the last may be shorter)
-    digests BLOB NOT NULL           -- concatenated 32-byte sha256 of each chunk
+    blake3 BLOB NOT NULL            -- concatenated 32-byte BLAKE3 of each chunk
 );
+-- Schema 3 kept sha256 chunk digests of large blobs only; blob_checks replaces it.
+DROP TABLE IF EXISTS blob_chunks;
 -- Small structured objects kept in the database itself: tree nodes and manifests.
 CREATE TABLE IF NOT EXISTS objects (
     digest VARCHAR PRIMARY KEY,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
 import attrs
+from . import db
 from .blobstore import CHUNK, BlobInfo, chunk_digests_of
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
@@ -81,8 +83,9 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
     reaches = {image_id: reach(store, image_id) for image_id in names}
     with store.read() as conn:
         rows = {r[0]: BlobInfo(*r) for r in conn.execute("SELECT digest, size, stored_size, codec FROM blobs")}
-        chunked = {d: bytes(c) for d, c in conn.execute("SELECT digest, digests FROM blob_chunks WHERE chunk_size = ?",
+        chunked = {d: bytes(c) for d, c in conn.execute("SELECT digest, blake3 FROM blob_checks WHERE chunk_size = ?",
                                                           (CHUNK,))}
+    missing: dict[str, bytes] = {}  # chunk digests to record (a store from before they were kept)
     wanted = set().union(*(r.blobs for r in reaches.values())) | set(rows)
     broken: dict[str, tuple[str, str]] = {}
     for r in reaches.values():
@@ -93,8 +96,11 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
         try:
             if info is None:
                 return ("blob", f"missing blob {digest} (not recorded in the store)")
-            data = store.blobs.read(digest, info.codec, info.size)
-            if digest in chunked and chunked[digest] != chunk_digests_of(data):
+            data = store.blobs.read(digest, info.codec, info.size)  # against its sha256, the blob's identity
+            chunks = chunk_digests_of(data)
+            if digest not in chunked:
+                missing[digest] = chunks
+            elif chunked[digest] != chunks:
                 store.forget_chunks(digest)  # a cache: recomputed from the verified blob on next use
                 return ("blob", f"wrong chunk digests recorded for blob {digest} (content fine; record dropped)")
         except (IntegrityError, FormatError) as exc:
@@ -110,6 +116,9 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
                 broken[digest] = bad
     finally:
         reporter.end()
+        if missing:  # a cache: a store that cannot take it now is still verified
+            with contextlib.suppress(db.Error), store.write() as conn:
+                store.record_chunks(conn, missing)
     problems = []
     for digest, (kind, reason) in sorted(broken.items()):
         affected = tuple(sorted(names[i] for i, r in reaches.items()
@@ -149,7 +158,7 @@ def gc(store: Store) -> GcResult:
         rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
         dead_blobs = set(rows) - blobs
         conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in dead_blobs])
-        conn.executemany("DELETE FROM blob_chunks WHERE digest = ?", [(d,) for d in dead_blobs])
+        conn.executemany("DELETE FROM blob_checks WHERE digest = ?", [(d,) for d in dead_blobs])
 
     # Rows first, files after: a crash in between leaves orphan files, never dangling rows.
     freed = 0

@@ -52,6 +52,7 @@ class Store:
     database: db.Database
     _trees: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=20000))
     _infos: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))
+    _chunks: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))  # digest -> chunk digests
     _trees_lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @classmethod
@@ -105,42 +106,70 @@ class Store:
         return infos[digest]
 
     def blob_infos(self, digests: Iterable[str]) -> dict[str, BlobInfo]:
-        """Recorded facts of many blobs in a few queries (they never change; cached)."""
+        """Recorded facts of many blobs, and their chunk digests, in a few queries (they
+        never change; cached)."""
         wanted = set(digests)
         out: dict[str, BlobInfo] = {}
+        chunks: dict[str, bytes] = {}
         with self.read() as conn:
-            out.update({r[0]: BlobInfo(*r) for r in db.select_in(
-                conn, "SELECT digest, size, stored_size, codec FROM blobs WHERE digest IN ({})", wanted)})
+            for r in db.select_in(conn, "SELECT b.digest, b.size, b.stored_size, b.codec, c.chunk_size, c.blake3 "
+                                  "FROM blobs b LEFT JOIN blob_checks c ON c.digest = b.digest "
+                                  "WHERE b.digest IN ({})", wanted):
+                out[r[0]] = BlobInfo(*r[:4])
+                if r[4] == CHUNK:
+                    chunks[r[0]] = bytes(r[5])
         with self._trees_lock:
             self._infos.update(out)
+            self._chunks.update(chunks)
         return out
 
+    def prefetch_blob_infos(self, digests: Iterable[str]) -> None:
+        """Cache the recorded facts of the blobs not cached yet, in a few queries."""
+        with self._trees_lock:
+            wanted = [d for d in digests if d not in self._infos]
+        if wanted:
+            self.blob_infos(wanted)
+
     def read_blob(self, digest: str, info: BlobInfo | None = None) -> bytes:
+        """A blob's verified content: checked against its chunk digests when recorded, else its sha256."""
         info = info or self.blob_info(digest)
-        return self.blobs.read(digest, info.codec, info.size)
+        with self._trees_lock:
+            chunks = self._chunks.get(digest)
+        return self.blobs.read(digest, info.codec, info.size, chunks)
 
     def blob_chunks(self, info: BlobInfo) -> bytes:
-        """Per-chunk digests of a blob for verified range reads: recorded ones, else
-        computed by checking the whole blob once and recorded for next time."""
+        """Chunk digests of a blob for verified range reads: recorded ones, else computed
+        by checking the whole blob against its sha256 once and recorded for next time."""
+        with self._trees_lock:
+            hit = self._chunks.get(info.digest)
+        if hit is not None:
+            return hit
         with self.read() as conn:
-            row = conn.execute("SELECT chunk_size, digests FROM blob_chunks WHERE digest = ?", (info.digest,)).fetchone()
+            row = conn.execute("SELECT chunk_size, blake3 FROM blob_checks WHERE digest = ?", (info.digest,)).fetchone()
         if row is not None and row[0] == CHUNK:
-            return bytes(row[1])
+            chunks = bytes(row[1])
+            with self._trees_lock:
+                self._chunks[info.digest] = chunks
+            return chunks
         chunks = self.blobs.chunk_digests(info.digest, info.codec, info.size)
         # A reader must not wait behind another process's long write: if the database is
         # busy, the digests are simply computed again next time.
         with contextlib.suppress(db.OperationalError), self.database.write(wait_ms=100) as conn:
             self.record_chunks(conn, {info.digest: chunks})
+        with self._trees_lock:
+            self._chunks[info.digest] = chunks
         return chunks
 
     @staticmethod
     def record_chunks(conn: Connection, chunks: dict[str, bytes]) -> None:
-        conn.executemany("INSERT OR REPLACE INTO blob_chunks (digest, chunk_size, digests) VALUES (?, ?, ?)",
+        conn.executemany("INSERT OR REPLACE INTO blob_checks (digest, chunk_size, blake3) VALUES (?, ?, ?)",
                          [(d, CHUNK, c) for d, c in chunks.items()])
 
     def forget_chunks(self, digest: str) -> None:
         with self.write() as conn:
-            conn.execute("DELETE FROM blob_chunks WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM blob_checks WHERE digest = ?", (digest,))
+        with self._trees_lock:
+            self._chunks.pop(digest, None)
 
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
         """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
@@ -162,7 +191,7 @@ class Store:
         """Record committed blobs, with the chunk digests staging computed."""
         staged = list(staged)
         cls.record_blobs(conn, (s.info for s in staged))
-        cls.record_chunks(conn, {s.info.digest: s.chunks for s in staged if s.chunks is not None})
+        cls.record_chunks(conn, {s.info.digest: s.chunks for s in staged})
 
     @staticmethod
     def record_blobs(conn: Connection, infos: Iterable[BlobInfo]) -> None:
