@@ -155,8 +155,8 @@ class ContainerView:
         self._children: dict[Parts, dict[str, Lower]] = {}
         self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
         self._contents_lock = threading.Lock()
-        self._chunks: dict[str, bytes] = {}  # blob digest -> its chunk digests (32 bytes per CHUNK)
         self._chunk_cache = ChunkCache()
+        self._infos_fetched: set[Parts] = set()  # directories whose blob facts were fetched at once
         self._upper_dirs: dict[Parts, UpperDir | None] = {}
         self._handles: dict[int, Handle] = {}
         self._gen = 0  # even: no change in progress
@@ -277,6 +277,19 @@ class ContainerView:
                 self._contents[key] = data
         return data
 
+    def _prefetch_infos(self, dir_parts: Parts) -> None:
+        """On the first read in a directory, fetch what the store records of all its blobs
+        in one query: a cold `import` reads most files of each package it enters."""
+        if dir_parts in self._infos_fetched:
+            return
+        if len(self._infos_fetched) > 100_000:
+            self._infos_fetched.clear()
+        self._infos_fetched.add(dir_parts)
+        children = self._lower_children(dir_parts) or {}
+        self.store.prefetch_blob_infos(
+            c.pyc[0] if c.pyc is not None else c.entry.digest for c in children.values()  # type: ignore[union-attr]
+            if c.kind is Kind.FILE and (c.pyc is not None or (c.entry is not None and c.entry.digest is not None)))
+
     def _open_lower(self, node: Lower) -> _LowerHandle:
         e = node.entry
         if node.data is not None or node.pyc is not None or e is None or e.inline is not None or e.template \
@@ -285,9 +298,7 @@ class ContainerView:
         assert e.digest is not None
         try:
             info = self.store.blob_info(e.digest)
-            chunks = self._chunks.get(e.digest)
-            if chunks is None:
-                chunks = self._chunks[e.digest] = self.store.blob_chunks(info)
+            chunks = self.store.blob_chunks(info)
             return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec, info.size, chunks, self._chunk_cache))
         except (VockerError, OSError) as exc:
             log.error("cannot read blob %s: %s", e.digest, exc)
@@ -447,6 +458,8 @@ class ContainerView:
         if h.node is not None:  # first read: load (and verify) now
             with h.lock:
                 if h.node is not None:
+                    if h.parts:
+                        self._prefetch_infos(h.parts[:-1])
                     loaded = self._open_lower(h.node)
                     h.data, h.reader, h.node = loaded.data, loaded.reader, None
         if h.data is not None:
