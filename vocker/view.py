@@ -358,26 +358,24 @@ class ContainerView:
         return found
 
     def _find(self, parts: Parts) -> Found:
-        lower_ok = True
-        in_upper = self.upper is not None  # the root always exists in the upper layer
-        for i, name in enumerate(parts):
-            here = parts[:i]
-            ud = self._upper_dir(here) if in_upper else None
-            if in_upper and ud is None:
-                raise _err(errno.ENOTDIR, parts)  # an upper file or symlink in the middle of the path
-            if ud is not None and ud.opaque:
-                lower_ok = False
+        """One step from the parent's (memoised) Found: the kernel looks a parent up before
+        its children, so a lookup costs the same at any depth."""
+        if not parts:
+            own = self._upper_dir(()) if self.upper is not None else None
+            return Found(own is not None, self._root, not (own is not None and own.opaque))
+        parent = self.find(parts[:-1])
+        lower_ok = parent.lower_below
+        if parent.upper:
+            ud = self._upper_dir(parts[:-1])
             if ud is None:
-                node = self._lower(here) if lower_ok else None
-                if node is None:
-                    raise _err(errno.ENOENT, parts)
-                if node.kind is not Kind.DIR:
-                    raise _err(errno.ENOTDIR, parts)
-                in_upper = False
-            else:
-                if name in ud.whiteouts:
-                    raise _err(errno.ENOENT, parts)
-                in_upper = name in ud.names
+                raise _err(errno.ENOTDIR, parts)  # an upper file or symlink in the middle of the path
+            if parts[-1] in ud.whiteouts:
+                raise _err(errno.ENOENT, parts)
+            in_upper = parts[-1] in ud.names
+        else:
+            if parent.lower is None or parent.lower.kind is not Kind.DIR:
+                raise _err(errno.ENOTDIR, parts)
+            in_upper = False
         lower = self._lower(parts) if lower_ok else None
         if not in_upper and lower is None:
             raise _err(errno.ENOENT, parts)
