@@ -66,6 +66,18 @@ def test_non_canonical_cbor_is_rejected() -> None:
     assert cbor2.loads(data) == {"v": 1, "e": []}
     with pytest.raises(FormatError, match="canonical"):
         Tree.decode(data)
+    assert Tree.decode(data, check_canonical=False) == Tree(())  # store reads: the digest was checked
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "a\0b", ""])
+def test_store_reads_still_validate_names_and_fields(name: str) -> None:
+    """Skipping the canonical check (store reads) keeps every other check."""
+    with pytest.raises(FormatError):
+        Tree.decode(cbor.dumps({"v": 1, "e": [{"n": name, "k": "f", "s": 1, "c": b"x"}]}), check_canonical=False)
+    with pytest.raises(FormatError):
+        Tree.decode(cbor.dumps({"v": 1, "e": [{"n": "a", "k": "d", "h": DIGEST, "s": 1}]}), check_canonical=False)
+    with pytest.raises(FormatError):
+        Tree.decode(cbor.dumps({"v": 1, "e": [{"n": "a", "k": "q"}]}), check_canonical=False)
 
 
 def test_inline_content_must_match_size() -> None:

@@ -220,7 +220,7 @@ class Store:
             hit = self._trees.get(digest)
         if hit is not None:
             return hit
-        tree = Tree.decode(self.object_bytes(digest, "tree"))
+        tree = Tree.decode(self.object_bytes(digest, "tree"), check_canonical=False)
         with self._trees_lock:
             self._trees[digest] = tree
         return tree
@@ -238,7 +238,7 @@ class Store:
             nxt = []
             for d in level:
                 if d in found and digest_bytes(found[d]) == d:
-                    tree = Tree.decode(found[d])
+                    tree = Tree.decode(found[d], check_canonical=False)
                     with self._trees_lock:
                         self._trees[d] = tree
                 else:
