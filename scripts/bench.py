@@ -990,7 +990,7 @@ class Bench:
                      "skipped: cannot write /proc/sys/vm/drop_caches (not root?)", result="skipped")
             return
         cm, cd = [], []
-        for i in range(self.repeat):
+        for i in range(self.fast_n):  # sub-second and noisy: as many samples as the warm timings
             for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
                 self.drop_caches()
                 if side == "disk":

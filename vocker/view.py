@@ -50,7 +50,7 @@ SMALL = ONE_FRAME_MAX
 
 
 def split(path: str) -> Parts:
-    return tuple(p for p in path.split("/") if p)
+    return tuple(filter(None, path.split("/")))
 
 
 def _err(code: int, parts: Parts = ()) -> OSError:
