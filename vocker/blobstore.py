@@ -194,8 +194,8 @@ class BlobFiles:
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
         data = decode(stored, codec, digest)
-        if (size is not None and len(data) != size) or \
-                (chunk_digests_of(data) != chunks if chunks is not None else digest_bytes(data) != digest):
+        matches = chunk_digests_of(data) == chunks if chunks is not None else digest_bytes(data) == digest
+        if (size is not None and len(data) != size) or not matches:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return data
 

@@ -53,7 +53,7 @@ class Store:
     _trees: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=20000))
     _infos: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))
     _chunks: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))  # digest -> chunk digests
-    _trees_lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _cache_lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @classmethod
     def open(cls, root: Path | None = None, *, prefetch: bool = False) -> "Store":
@@ -96,7 +96,7 @@ class Store:
             return {r[0] for r in conn.execute("SELECT digest FROM blobs")}
 
     def blob_info(self, digest: str) -> BlobInfo:
-        with self._trees_lock:
+        with self._cache_lock:
             hit = self._infos.get(digest)
         if hit is not None:
             return hit
@@ -118,14 +118,14 @@ class Store:
                 out[r[0]] = BlobInfo(*r[:4])
                 if r[4] == CHUNK:
                     chunks[r[0]] = bytes(r[5])
-        with self._trees_lock:
+        with self._cache_lock:
             self._infos.update(out)
             self._chunks.update(chunks)
         return out
 
     def prefetch_blob_infos(self, digests: Iterable[str]) -> None:
         """Cache the recorded facts of the blobs not cached yet, in a few queries."""
-        with self._trees_lock:
+        with self._cache_lock:
             wanted = [d for d in digests if d not in self._infos]
         if wanted:
             self.blob_infos(wanted)
@@ -133,30 +133,27 @@ class Store:
     def read_blob(self, digest: str, info: BlobInfo | None = None) -> bytes:
         """A blob's verified content: checked against its chunk digests when recorded, else its sha256."""
         info = info or self.blob_info(digest)
-        with self._trees_lock:
+        with self._cache_lock:
             chunks = self._chunks.get(digest)
         return self.blobs.read(digest, info.codec, info.size, chunks)
 
     def blob_chunks(self, info: BlobInfo) -> bytes:
         """Chunk digests of a blob for verified range reads: recorded ones, else computed
         by checking the whole blob against its sha256 once and recorded for next time."""
-        with self._trees_lock:
+        with self._cache_lock:
             hit = self._chunks.get(info.digest)
+        if hit is None:
+            self.blob_infos([info.digest])  # caches the recorded chunk digests, if any
+            with self._cache_lock:
+                hit = self._chunks.get(info.digest)
         if hit is not None:
             return hit
-        with self.read() as conn:
-            row = conn.execute("SELECT chunk_size, blake3 FROM blob_checks WHERE digest = ?", (info.digest,)).fetchone()
-        if row is not None and row[0] == CHUNK:
-            chunks = bytes(row[1])
-            with self._trees_lock:
-                self._chunks[info.digest] = chunks
-            return chunks
         chunks = self.blobs.chunk_digests(info.digest, info.codec, info.size)
         # A reader must not wait behind another process's long write: if the database is
         # busy, the digests are simply computed again next time.
         with contextlib.suppress(db.OperationalError), self.database.write(wait_ms=100) as conn:
             self.record_chunks(conn, {info.digest: chunks})
-        with self._trees_lock:
+        with self._cache_lock:
             self._chunks[info.digest] = chunks
         return chunks
 
@@ -168,7 +165,7 @@ class Store:
     def forget_chunks(self, digest: str) -> None:
         with self.write() as conn:
             conn.execute("DELETE FROM blob_checks WHERE digest = ?", (digest,))
-        with self._trees_lock:
+        with self._cache_lock:
             self._chunks.pop(digest, None)
 
     def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
@@ -216,12 +213,12 @@ class Store:
         return bytes(data)
 
     def tree(self, digest: str) -> Tree:
-        with self._trees_lock:
+        with self._cache_lock:
             hit = self._trees.get(digest)
         if hit is not None:
             return hit
         tree = Tree.decode(self.object_bytes(digest, "tree"), check_canonical=False)
-        with self._trees_lock:
+        with self._cache_lock:
             self._trees[digest] = tree
         return tree
 
@@ -229,7 +226,7 @@ class Store:
         """Load every tree below ``root`` into the cache with one query per level, not per node."""
         level = [root]
         while level:
-            with self._trees_lock:
+            with self._cache_lock:
                 missing = [d for d in level if d not in self._trees]
             found: dict[str, bytes] = {}
             with self.read() as conn:
@@ -239,7 +236,7 @@ class Store:
             for d in level:
                 if d in found and digest_bytes(found[d]) == d:
                     tree = Tree.decode(found[d], check_canonical=False)
-                    with self._trees_lock:
+                    with self._cache_lock:
                         self._trees[d] = tree
                 else:
                     try:
