@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -152,7 +153,7 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
@@ -217,6 +218,23 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (a no-op once the file is in WAL mode). The switch needs an exclusive
+    lock for which SQLite does not wait out its busy timeout, so two processes creating a
+    store at once could fail with "database is locked": retry for as long as a writer waits."""
+    deadline = time.monotonic() + BUSY_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def select_in(conn: sqlite3.Connection, query: str, values: Iterable[str], *before: object) -> Iterator[sqlite3.Row]:
