@@ -127,3 +127,69 @@ def test_whole_reads_check_the_chunk_digests_or_else_the_sha256(blobs: BlobFiles
     for chunks in (staged_chunks, None):
         with pytest.raises(IntegrityError):
             blobs.read(digest, codec, len(data), chunks)
+
+
+def test_seekable_range_reads_span_frames_of_any_size(tmp_path: Path) -> None:
+    """Blobs written with another frame size stay readable: a chunk may span several frames."""
+    import io
+    import os
+
+    import pyzstd
+
+    from vocker.seekable import SeekTable
+    data = contents()[ZSTD_SEEKABLE]
+    buf = io.BytesIO()
+    with pyzstd.SeekableZstdFile(buf, "w", max_frame_content_size=50_000) as f:
+        f.write(data)
+    path = tmp_path / "blob"
+    path.write_bytes(buf.getvalue())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        table = SeekTable.read(fd)
+        assert table.content_size == len(data) and len(table.content) > len(data) // 50_000
+        rng = random.Random(3)
+        for _ in range(100):
+            start = rng.randrange(len(data))
+            end = start + rng.choice([1, 49_999, 50_001, CHUNK, 3 * CHUNK])
+            assert table.read_range(fd, start, end) == data[start:end]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("damage", ["footer", "table header", "frame sizes", "truncated"])
+def test_a_damaged_seek_table_is_refused_when_the_blob_is_opened(blobs: BlobFiles, damage: str) -> None:
+    data = contents()[ZSTD_SEEKABLE]
+    digest, codec = write(blobs, data)
+    chunks = chunk_digests_of(data)
+    path = blobs.path(digest)
+    raw = bytearray(path.read_bytes())
+    frames = int.from_bytes(raw[-9:-5], "little")
+    table_start = len(raw) - 9 - 8 * frames
+    if damage == "footer":
+        raw[-1] ^= 0x01  # the magic number
+    elif damage == "table header":
+        raw[table_start - 8] ^= 0x01
+    elif damage == "frame sizes":
+        raw[table_start] ^= 0x01  # the first frame's stored size no longer adds up
+    else:
+        raw = raw[:len(raw) // 2] + raw[-(9 + 8 * frames + 8):]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        blobs.reader(digest, codec, len(data), chunks, ChunkCache()).pread(len(data), 0)
+
+
+def test_threads_read_one_blob_at_once(blobs: BlobFiles) -> None:
+    """No shared file position: concurrent range reads of one reader all return their own bytes."""
+    import concurrent.futures
+
+    data = contents()[ZSTD_SEEKABLE]
+    digest, codec = write(blobs, data)
+    reader = blobs.reader(digest, codec, len(data), chunk_digests_of(data), ChunkCache(max_bytes=CHUNK))
+    rng = random.Random(5)
+    spans = [(rng.randrange(len(data)), rng.choice([100, CHUNK, 2 * CHUNK + 1])) for _ in range(400)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda span: reader.pread(span[1], span[0]), spans))
+        assert got == [data[o:o + n] for o, n in spans]
+    finally:
+        reader.close()

@@ -31,6 +31,7 @@ from cachetools import LRUCache
 
 from .digest import digest_bytes, hex_of
 from .errors import IntegrityError, MissingObjectError
+from .seekable import SeekTable, SeekTableError
 
 RAW = "raw"
 ZSTD = "zstd"  # one frame: the whole content
@@ -269,26 +270,29 @@ class ChunkCache:
 
 class BlobReader:
     """Random access to a blob's content, each CHUNK checked against its recorded digest
-    before it is first returned (a corrupt chunk raises IntegrityError, never wrong bytes)."""
+    before it is first returned (a corrupt chunk raises IntegrityError, never wrong bytes).
+    Reads are ``pread`` calls with no shared position, so threads read one blob at once."""
 
     def __init__(self, path: Path, digest: str, codec: str, size: int, chunks: bytes, cache: ChunkCache) -> None:
         if len(chunks) != 32 * -(-size // CHUNK):
             raise IntegrityError(f"chunk digests of blob {digest} do not match its size")
         self._digest, self._size, self._chunks, self._cache = digest, size, chunks, cache
-        self._lock = threading.Lock()
-        self._zst: pyzstd.SeekableZstdFile | None = None
+        self._table: SeekTable | None = None
         self._data: bytes | None = None
         self._fd = -1
         try:
             if codec == ZSTD:
                 self._data = decode(path.read_bytes(), codec, digest)
-            elif codec == ZSTD_SEEKABLE:
-                self._zst = pyzstd.SeekableZstdFile(path, "r")
-            else:
-                self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                return
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            if codec == ZSTD_SEEKABLE:
+                self._table = SeekTable.read(self._fd)
+                if self._table.content_size != size:
+                    raise SeekTableError("the seek table does not match the recorded size")
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
-        except (pyzstd.ZstdError, pyzstd.SeekableFormatError) as exc:
+        except SeekTableError as exc:
+            self.close()
             raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
 
     def pread(self, size: int, offset: int) -> bytes:
@@ -309,27 +313,22 @@ class BlobReader:
         data = self._cache.get(key)
         if data is not None:
             return data
-        with self._lock:  # a seekable zstd file has one position
-            try:
-                if self._data is not None:
-                    data = self._data[c * CHUNK:(c + 1) * CHUNK]
-                elif self._zst is not None:
-                    if self._zst.tell() != c * CHUNK:
-                        self._zst.seek(c * CHUNK)
-                    data = _read_exactly(self._zst, CHUNK)
-                else:
-                    data = os.pread(self._fd, CHUNK, c * CHUNK)
-            except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
-                raise IntegrityError(f"corrupt blob {self._digest} ({exc})") from None
+        try:
+            if self._data is not None:
+                data = self._data[c * CHUNK:(c + 1) * CHUNK]
+            elif self._table is not None:
+                data = self._table.read_range(self._fd, c * CHUNK, (c + 1) * CHUNK)
+            else:
+                data = os.pread(self._fd, CHUNK, c * CHUNK)
+        except (pyzstd.ZstdError, SeekTableError) as exc:
+            raise IntegrityError(f"corrupt blob {self._digest} ({exc})") from None
         if blake3.blake3(data).digest() != self._chunks[32 * c:32 * c + 32]:
             raise IntegrityError(f"corrupt blob {self._digest} (chunk {c} does not match its digest)")
         self._cache.put(key, data)
         return data
 
     def close(self) -> None:
-        if self._zst is not None:
-            self._zst.close()
-        elif self._fd >= 0:
+        if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
