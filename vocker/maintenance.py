@@ -16,6 +16,9 @@ from .progress import NullReporter, Reporter
 from .store import Store
 from .tree import Kind
 
+#: gc replaces the empty staging directory when its own size is above this (bytes).
+TMP_DIR_MAX = 64 << 10
+
 
 @attrs.define
 class Reach:
@@ -173,11 +176,18 @@ def gc(store: Store) -> GcResult:
             continue
         orphans += digest not in rows
     shutil.rmtree(store.root / "cache" / "import", ignore_errors=True)  # may name freed blobs; rebuilt on import
-    for leftover in store.blobs.tmp_dir.iterdir():  # interrupted writes; no writer runs under the lock
+    tmp = store.blobs.tmp_dir
+    for leftover in tmp.iterdir():  # interrupted writes; no writer runs under the lock
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+    if tmp.stat().st_size > TMP_DIR_MAX:
+        # A directory that once staged many files keeps its size on ext4, and every scan
+        # reads all of it: start a fresh one (BlobFiles.setup remakes it after a crash here).
+        with contextlib.suppress(OSError):
+            tmp.rmdir()
+        tmp.mkdir(exist_ok=True)
     return GcResult(len(dead_blobs), freed, len(dead_objs), len(dead_pycs), orphans)
 
 
