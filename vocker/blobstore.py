@@ -286,13 +286,16 @@ class BlobReader:
                 return
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             if codec == ZSTD_SEEKABLE:
-                self._table = SeekTable.read(self._fd)
-                if self._table.content_size != size:
-                    raise SeekTableError("the seek table does not match the recorded size")
+                try:
+                    self._table = SeekTable.read(self._fd)
+                    if self._table.content_size != size:
+                        raise SeekTableError("the seek table does not match the recorded size")
+                except BaseException:
+                    self.close()
+                    raise
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
         except SeekTableError as exc:
-            self.close()
             raise IntegrityError(f"corrupt blob {digest} ({exc})") from None
 
     def pread(self, size: int, offset: int) -> bytes:

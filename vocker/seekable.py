@@ -2,8 +2,8 @@
 with plain ``pread`` calls and one decompression per frame.
 
 pyzstd's SeekableZstdFile keeps one file position, so concurrent readers of one blob queue
-on a lock, and its buffered stream costs ~30 % more per 128 KiB frame than reading the frame
-with ``pread`` and decompressing it in one call (docs/benchmarks.md). The mount layer reads
+on a lock, and its buffered stream costs 10-40 % more per 128 KiB frame than reading the
+frame with ``pread`` and decompressing it in one call (scripts/bench_reader.py). The mount layer reads
 big blobs frame by frame on every cold start, so it uses this instead. Whole-blob reads,
 which also check the seek table against the frames, still go through pyzstd.
 
