@@ -113,7 +113,7 @@ def assert_verify_fails(proc: subprocess.CompletedProcess[str]) -> None:
 def df_values(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
     values = {}
     for line in proc.stdout.splitlines():
-        m = re.match(r"^(\w[\w ]*?)\s{2,}(\S.*?)\s*$", line)
+        m = re.match(r"^\s*(\w[\w ]*?)\s{2,}(\S.*?)\s*$", line)
         if m:
             values[m.group(1)] = m.group(2)
     return values
@@ -402,7 +402,13 @@ def test_df_sizes_and_ratios(two_images, make_venv, vocker, vocker_home: Path, t
     assert dedup > 1.5  # both images hold gamma's ~300 kB module, stored once
     assert dedup == pytest.approx(logical / unique, abs=0.011)
     assert float(first["compression ratio"].rstrip("x")) > 1.0  # big.py compresses ~3x
-    assert parse_size(first["stored on disk"]) > 0
+    blob_content, blob_stored = map(sum, zip(*(
+        (size, stored) for d, size, stored in query(vocker_home, "SELECT digest, size, stored_size FROM blobs")
+        if d in needed)))
+    assert float(first["compression ratio"].rstrip("x")) == pytest.approx(blob_content / blob_stored, abs=0.011)
+    database = parse_size(first["metadata database"])  # vocker.db and its WAL, which df's own connection moves
+    assert database > 0
+    assert abs(parse_size(first["stored on disk"]) - (blob_stored + database)) <= 0.001 * (blob_stored + database) + 100
 
     # The same packages (and data) installed at another path give the same image: df is unchanged.
     again = make_venv(tmp_path / "elsewhere" / "env", packages=SPECS["one"])

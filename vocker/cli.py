@@ -209,7 +209,11 @@ def gc_cmd() -> None:
 
 @cli.command("df")
 def df_cmd() -> None:
-    """Show space used: logical vs stored size, dedup and compression ratios."""
+    """Show space used: logical vs stored size, dedup and compression ratios.
+
+    Stored size includes the metadata database (small files live inline in it); the
+    compression ratio is that of the blob files alone.
+    """
     from .maintenance import usage
 
     store = _store()
@@ -219,7 +223,8 @@ def df_cmd() -> None:
     table.add_column(justify="right")
     for label, value in (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
                          ("logical size", human_size(u.logical)), ("unique content", human_size(u.unique)),
-                         ("stored on disk", human_size(u.stored)), ("bytecode cache", human_size(u.cache)),
+                         ("stored on disk", human_size(u.stored)), ("  metadata database", human_size(u.database)),
+                         ("bytecode cache", human_size(u.cache)),
                          ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
                          ("compression ratio", f"{u.compression_ratio:.2f}x")):
         table.add_row(label, value)
