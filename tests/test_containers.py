@@ -153,7 +153,12 @@ def test_run_returns_the_commands_exit_code(img: str, vocker, tmp_path: Path) ->
                     check=False, env=env)
     assert killed.returncode == 128 + signal.SIGTERM
     missing = vocker("run", img, "--", "no-such-command-xyz", check=False, env=env)
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.returncode == 127 and "Traceback" not in missing.stderr  # as a shell or `docker run`
+    assert missing.stderr.strip() == "vocker: error: cannot run no-such-command-xyz: No such file or directory"
+    not_executable = tmp_path / "data.txt"
+    not_executable.write_text("not a program\n")
+    refused = vocker("run", img, "--", str(not_executable), check=False, env=env)
+    assert refused.returncode == 126 and "Permission denied" in refused.stderr, refused.stderr
     assert mounted_under(tmp_path) == []
 
 

@@ -458,6 +458,7 @@ def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | 
 
     Mounts in a temporary directory, sets PATH and VIRTUAL_ENV, passes the exit code and
     signals through and unmounts. Changes are discarded unless REF is a named container.
+    Exits 127 if COMMAND is not found, 126 if it cannot be executed (as a shell does).
     """
     from .running import run_in
 

@@ -15,6 +15,15 @@ class UsageError(VockerError):
     exit_code = 2
 
 
+class CommandNotRunError(VockerError):
+    """`vocker run` could not start the command: 127 when it is not found, 126 when it
+    cannot be executed, as a shell (and `docker run`) would exit."""
+
+    def __init__(self, message: str, not_found: bool) -> None:
+        super().__init__(message)
+        self.exit_code = 127 if not_found else 126
+
+
 class FormatError(VockerError):
     """Stored or received data is not valid vocker format (corrupt CBOR, bad names, ...)."""
 

@@ -29,8 +29,9 @@ def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = Fals
         try:
             proc = subprocess.Popen(command, env=activated_env(root))
         except OSError as exc:
-            from .errors import UsageError
-            raise UsageError(f"cannot run {command[0]}: {exc.strerror}") from None
+            from .errors import CommandNotRunError
+            raise CommandNotRunError(f"cannot run {command[0]}: {exc.strerror}",
+                                     isinstance(exc, FileNotFoundError)) from None
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
         previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in forwarded}
         try:
