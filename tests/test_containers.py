@@ -531,3 +531,29 @@ def test_shell_runs_the_users_shell_with_the_environment_active(img: str, vocker
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("venv=/") and lines[1] == "1"
     assert vocker("ps").stdout.splitlines()[1:] == []
+
+
+def test_bad_mount_points_are_refused_with_one_line(img: str, vocker, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep")
+    cases = {
+        a_file: "mount point is not a directory",
+        a_file / "below": "cannot create mount point",
+        busy: "mount point is not empty",
+    }
+    for target, message in cases.items():
+        proc = vocker("mount", img, target, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert a_file.read_text() == "x" and (busy / "mine.txt").read_text() == "keep"
+    mounted = tmp_path / "mnt"
+    vocker("mount", img, mounted)
+    try:
+        again = vocker("mount", img, mounted, check=False)
+        assert again.returncode == 2 and "already a mount point" in again.stderr
+    finally:
+        vocker("unmount", mounted)
+    assert mounted_under(tmp_path) == []

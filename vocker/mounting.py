@@ -94,9 +94,12 @@ def _check_mountpoint(path: Path) -> str:
     path = path.absolute()
     if str(path) in fuse_mounts():
         raise UsageError(f"{path} is already a mount point")
-    path.mkdir(parents=True, exist_ok=True)
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise UsageError(f"mount point is not a directory: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create mount point {path}: {exc.strerror or exc}") from None
     if any(path.iterdir()):
         raise UsageError(f"mount point is not empty: {path}")
     return os.path.realpath(path)
