@@ -101,7 +101,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                     else:
                         _write_file(path, item.data, 0o755 if item.executable else 0o644)
                 pycs, compiled = _write_pycs(store, tmp, files, facts.magic, facts.cache_tag, facts.lib,
-                                             interpreter["executable"])
+                                             interpreter["executable"], reporter)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
@@ -125,13 +125,13 @@ def _write_file(path: str | Path, data: bytes, mode: int) -> None:
 
 
 def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: str, cache_tag: str, lib: str,
-                python: str) -> tuple[int, int]:
+                python: str, reporter: Reporter) -> tuple[int, int]:
     """Write a timestamp pyc beside every library source; compile only what no image had before."""
     sources = [(rel, e.digest or bytecode.inline_digest(e.inline)) for rel, e in files
                if not e.template and bytecode.wants_pyc(rel, lib)]
     base = str(tmp)
     readers = {d: Path(base, *rel).read_bytes for rel, d in sources}
-    known, fresh = bytecode.ensure_cached(store, magic, python, readers)
+    known, fresh = bytecode.ensure_cached(store, magic, python, readers, reporter)
 
     def write(item: tuple[Rel, str]) -> int:
         rel, digest = item
