@@ -196,12 +196,16 @@ class Usage:
     images: int
     logical: int  # sum of every image's file sizes, as if each were a separate copy
     unique: int  # distinct file contents the images need (inlined small files included)
-    stored: int  # bytes on disk for that content (compressed) plus the metadata database
     cache: int  # bytes on disk of the bytecode cache
     files: int
     database: int  # bytes of the metadata database (small files live inline in it)
     blob_content: int  # content bytes of the blobs the images need
     blob_stored: int  # their bytes on disk
+
+    @property
+    def stored(self) -> int:
+        """Bytes on disk for the images' content: their blobs plus the metadata database."""
+        return self.blob_stored + self.database
 
     @property
     def dedup_ratio(self) -> float:
@@ -225,5 +229,5 @@ def usage(store: Store) -> Usage:
     blob_content = sum(rows[d][0] for d in needed if d in rows)
     blob_stored = sum(rows[d][1] for d in needed if d in rows)
     cache = sum(v[1] for d, v in rows.items() if d not in needed)
-    return Usage(len(records), sum(r.size for r in records), unique, blob_stored + database, cache,
-                 sum(r.files for r in records), database, blob_content, blob_stored)
+    return Usage(len(records), sum(r.size for r in records), unique, cache, sum(r.files for r in records),
+                 database, blob_content, blob_stored)
