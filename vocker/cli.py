@@ -32,18 +32,21 @@ def _store_mode(ctx: click.Context, param: click.Parameter, value: bool) -> None
         set_mode(param.name)
 
 
-store_options = [
+def _options(*options: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One decorator for a group of click options shared by several commands (in the order given)."""
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+with_store_options = _options(
     click.option("--local", is_flag=True, expose_value=False, callback=_store_mode, is_eager=True,
                  help="Use the project store .vocker/ in the current directory (created if missing)."),
     click.option("--global", "global", is_flag=True, expose_value=False, callback=_store_mode, is_eager=True,
                  help="Use the user store ($VOCKER_HOME or the user data directory)."),
-]
-
-
-def with_store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(store_options):
-        fn = option(fn)
-    return fn
+)
 
 
 @click.group(context_settings=CONTEXT)
@@ -231,17 +234,14 @@ def df_cmd() -> None:
     out.print(table)
 
 
-def index_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed([
-        click.option("--index-url", "-i", metavar="URL", help="Base URL of the package index (default: pip/uv config)."),
-        click.option("--extra-index-url", metavar="URL", multiple=True, help="Another index to use (repeatable)."),
-        click.option("--find-links", "-f", metavar="DIR|URL", multiple=True,
-                     help="A directory of wheels or a page of links (repeatable)."),
-        click.option("--no-index", is_flag=True, help="Ignore package indexes (use --find-links only)."),
-        click.option("--offline", is_flag=True, help="No network: only the uv cache and local wheels."),
-    ]):
-        fn = option(fn)
-    return fn
+index_options = _options(
+    click.option("--index-url", "-i", metavar="URL", help="Base URL of the package index (default: pip/uv config)."),
+    click.option("--extra-index-url", metavar="URL", multiple=True, help="Another index to use (repeatable)."),
+    click.option("--find-links", "-f", metavar="DIR|URL", multiple=True,
+                 help="A directory of wheels or a page of links (repeatable)."),
+    click.option("--no-index", is_flag=True, help="Ignore package indexes (use --find-links only)."),
+    click.option("--offline", is_flag=True, help="No network: only the uv cache and local wheels."),
+)
 
 
 def _index(index_url: str | None, extra_index_url: tuple[str, ...], find_links: tuple[str, ...], no_index: bool,
