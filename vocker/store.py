@@ -25,7 +25,7 @@ from .digest import digest_bytes
 from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
 from .manifest import Manifest
-from .tree import Tree
+from .tree import Kind, Tree
 
 
 def _read_only(path: Path) -> bool:
@@ -243,7 +243,7 @@ class Store:
                         tree = self.tree(d)  # raises the precise missing/corrupt error
                     except Exception:
                         continue  # let the caller meet it where it walks
-                nxt += [e.digest for e in tree.entries if e.digest is not None and e.kind.value == "d"]
+                nxt += [e.digest for e in tree.entries if e.digest is not None and e.kind is Kind.DIR]
             level = nxt
 
     def manifest(self, image_id: str) -> Manifest:
