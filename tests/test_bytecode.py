@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vocker.bytecode import compile_sources
+from vocker.bytecode import compile_sources, shipped_mtime
 
 
 class RecordingReporter:
@@ -26,6 +26,14 @@ class RecordingReporter:
 
     def end(self) -> None:
         self.events.append(("end", None))
+
+
+def test_shipped_mtime_is_the_creation_time_but_always_a_past_second() -> None:
+    # a pyc matches its source by whole-second mtime and size: an edit in the recorded second
+    # that keeps the size would run stale bytecode, so the recorded second is never "now"
+    assert shipped_mtime(1_000.7, now=5_000.2) == 1_000
+    assert shipped_mtime(5_000.1, now=5_000.9) == 4_999  # created this very second
+    assert shipped_mtime(9_000.0, now=5_000.9) == 4_999  # a clock that ran ahead
 
 
 def test_compile_sources_keeps_order_across_many_processes_and_reports_every_byte() -> None:

@@ -84,8 +84,10 @@ def test_bytecode_is_used_shared_and_never_stale(tmp_path, make_venv, vocker) ->
     vocker("image", "import", env2, "-t", "two")
     second = vocker("export", "two", tmp_path / "out2").stdout
     assert "10 pycs (1 newly compiled)" in second
-    # edit a module: the new source wins over the cached bytecode
+    # edit a module: the new source wins over the cached bytecode, even with the same size and
+    # at once (a pyc matches its source by whole-second mtime and size, so the shipped mtime is past)
     init = dest / "lib" / "python3.11" / "site-packages" / "alpha" / "__init__.py"
+    assert int(init.stat().st_mtime) < int(time.time())
     init.write_text(init.read_text().replace("VALUE = 1", "VALUE = 7"))
     assert run(dest / "bin" / "python", "-c", "import alpha; print(alpha.VALUE)").strip() == "7"
 

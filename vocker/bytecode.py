@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .digest import digest_bytes
@@ -153,6 +154,16 @@ def ensure_image(store: "Store", image_id: str, facts: "PythonFacts", python: st
     with store.write() as conn:
         conn.execute("INSERT OR IGNORE INTO pyc_images (image_id, magic) VALUES (?, ?)", (image_id, facts.magic))
     return len(fresh)
+
+
+def shipped_mtime(created: float, now: float | None = None) -> int:
+    """The whole-second mtime given to an image's files: its creation time, but always in the past.
+
+    A timestamp pyc matches its source by (whole-second mtime, size). An edit that keeps
+    the size and lands in the recorded second would still match and run stale bytecode,
+    so the recorded second is never the current one: every later edit gets a newer second.
+    """
+    return min(int(created), int(time.time() if now is None else now) - 1)
 
 
 def pyc_header(magic_hex: str, mtime: float, size: int) -> bytes:

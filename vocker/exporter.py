@@ -56,6 +56,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     facts = manifest.python if manifest.kind == "venv" and not audit else None
     interpreter = find_interpreter(facts, record.provenance.get("base_interpreter"), python) if facts else None
     root = os.fsencode(str(dest))
+    mtime_ns = bytecode.shipped_mtime(record.created) * 10**9  # as in a mount; pycs depend on it
     made = next((p for p in reversed(dest.parents) if not p.exists()), None)  # outermost parent we create
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.vocker-", dir=dest.parent))
@@ -83,7 +84,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                     parts = template.decode(data)
                     data = template.render_placeholders(parts) if audit else template.render(parts, root)
                 mode = 0o755 if entry.executable and not audit else 0o644
-                _write_file(os.path.join(base, *rel), data, mode)
+                _write_file(os.path.join(base, *rel), data, mode, mtime_ns)
                 reporter.advance(entry.size)
 
             try:
@@ -115,13 +116,16 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
                         interpreter["executable"] if interpreter else None, time.perf_counter() - started)
 
 
-def _write_file(path: str | Path, data: bytes, mode: int) -> None:
+def _write_file(path: str | Path, data: bytes, mode: int, mtime_ns: int | None = None) -> None:
     try:
         fd = os.open(path, _O_FLAGS, mode)
     except FileExistsError:
         raise VockerError(f"refusing to overwrite {path} while exporting") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        if mtime_ns is not None:
+            f.flush()
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
 def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: str, cache_tag: str, lib: str,

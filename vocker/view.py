@@ -147,7 +147,7 @@ class ContainerView:
         self.upper = upper
         self.work = upper.parent / "work" if upper is not None else None
         record = store.image(image_id)
-        self.mtime_ns = mtime_ns if mtime_ns is not None else int(record.created) * 10**9
+        self.mtime_ns = mtime_ns if mtime_ns is not None else bytecode.shipped_mtime(record.created) * 10**9
         self.uid, self.gid = os.getuid(), os.getgid()
         facts = self.manifest.python
         self.facts = facts
