@@ -10,7 +10,9 @@ save a round trip on every close and open.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import re
 import threading
 from typing import Any, Callable
 
@@ -18,9 +20,12 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # both libfuse2 and 3 may b
 
 import mfusepy as fuse  # noqa: E402
 
-from vocker.view import ContainerView, split  # noqa: E402
+from vocker.view import ContainerView, Detached, split  # noqa: E402
 
 CACHE_SECONDS = 60
+#: libfuse renames a file removed while open (or renamed over while open) to this name
+#: and removes that at its last close; the view removes the file at once instead.
+HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}\Z")
 
 _invalidate_path = fuse._libfuse.fuse_invalidate_path
 _invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
@@ -57,6 +62,7 @@ class VockerFS(fuse.Operations):
         self.view = view
         self.on_ready = on_ready
         self._fuse: Any = None
+        self._detached: dict[str, Detached] = {}
         view.invalidate = self._invalidate
 
     def init(self, path: str) -> None:
@@ -70,7 +76,13 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        a = self.view.getattr(split(path))
+        try:
+            a = self.view.getattr(split(path))
+        except FileNotFoundError:
+            detached = self._detached.get(path)
+            if detached is None:
+                raise
+            a = detached.getattr()
         return {"st_mode": a.mode, "st_size": a.size, "st_mtime": a.mtime_ns, "st_atime": a.atime_ns,
                 "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid}
 
@@ -115,6 +127,10 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def unlink(self, path: str) -> int:
+        detached = self._detached.pop(path, None)
+        if detached is not None:  # libfuse, at the last close of a removed file
+            detached.close()
+            return 0
         self.view.unlink(split(path))
         return 0
 
@@ -130,6 +146,11 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def rename(self, old: str, new: str) -> int:
+        if HIDDEN.search(new):
+            if new in self._detached:
+                raise OSError(errno.EEXIST, new)
+            self._detached[new] = self.view.detach(split(old))
+            return 0
         self.view.rename(split(old), split(new))
         return 0
 

@@ -600,3 +600,32 @@ def test_reader_opened_before_copy_up_sees_the_write(mnt: Path, plain: Path) -> 
     want = sequence(plain)
     assert want[1:] == [b"HELLO", b"HELLO"]
     assert sequence(mnt) == want
+
+
+def test_files_removed_while_open_stay_readable_and_leave_no_trace(mnt: Path, plain: Path, home: Path) -> None:
+    """libfuse renames such a file to .fuse_hidden* until its last close; the mount must not
+    show that name, copy a lower file up for it, or keep it in the writable layer."""
+    def sequence(root: Path) -> list[object]:
+        seen: list[object] = []
+        lower = os.open(root / "mid.bin", os.O_RDONLY)  # from the image
+        os.unlink(root / "mid.bin")
+        seen += [os.fstat(lower).st_size, os.pread(lower, 10, 990), sorted(os.listdir(root))]
+        os.close(lower)
+        fd = os.open(root / "new.txt", os.O_RDWR | os.O_CREAT, 0o644)  # in the writable layer
+        os.write(fd, b"x" * 100)
+        os.unlink(root / "new.txt")
+        os.write(fd, b"y" * 50)
+        seen += [os.fstat(fd).st_size, os.pread(fd, 3, 98), sorted(os.listdir(root))]
+        os.close(fd)
+        target = os.open(root / "text.txt", os.O_RDONLY)  # renamed over while open
+        os.rename(root / "small.txt", root / "text.txt")
+        seen += [os.fstat(target).st_size, os.pread(target, 20, 0), (root / "text.txt").read_bytes()[:20]]
+        os.close(target)
+        seen.append(sorted(os.listdir(root)))
+        return seen
+
+    assert sequence(mnt) == sequence(plain)
+    upper = upper_of(home, mnt)
+    left = sorted(str(p.relative_to(upper)) for p in upper.rglob("*"))
+    assert not [p for p in left if ".fuse_hidden" in p or p == "mid.bin"], left
+    assert ".wh.mid.bin" in left

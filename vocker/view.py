@@ -101,6 +101,26 @@ class Attr:
     uid: int
     gid: int
 
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Attr":
+        return cls(st.st_mode, st.st_size, st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_nlink,
+                   st.st_uid, st.st_gid)
+
+
+@attrs.define
+class Detached:
+    """A removed file that is still open somewhere, with what an fstat of it needs."""
+    attr: Attr | None  # a lower file's attributes (it cannot change without a copy-up)
+    fd: int = -1       # else a descriptor of the removed upper file, for its current attributes
+
+    def getattr(self) -> Attr:
+        return Attr.of(os.fstat(self.fd)) if self.fd >= 0 else self.attr  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
 
 @attrs.define
 class _UpperHandle:
@@ -387,9 +407,7 @@ class ContainerView:
     def getattr(self, parts: Parts) -> Attr:
         found = self.find(parts)
         if found.upper:
-            st = os.lstat(self._upath(parts))
-            return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_nlink,
-                        st.st_uid, st.st_gid)
+            return Attr.of(os.lstat(self._upath(parts)))
         node = found.lower
         assert node is not None
         if node.kind is Kind.DIR:
@@ -676,6 +694,25 @@ class ContainerView:
                 raise _err(errno.EISDIR, parts)
             if found.lower is not None:
                 self._whiteout(parts)
+
+    def detach(self, parts: Parts) -> Detached:
+        """Remove a file that is still open, as ``unlink`` does, and keep what an fstat of it
+        needs. For drivers whose library instead renames such a file to a hidden name until
+        its last close (libfuse): that rename would copy a lower file up, and show and
+        persist the hidden name in the writable layer."""
+        found = self.find(parts)
+        if found.upper:
+            fd = os.open(self._upath(parts), getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0))
+            detached = Detached(None, fd)
+        else:
+            detached = Detached(self.getattr(parts))
+        try:
+            self.unlink(parts)
+        except BaseException:
+            detached.close()
+            raise
+        return detached
 
     def rmdir(self, parts: Parts) -> None:
         with self._mutating():
