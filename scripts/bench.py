@@ -22,7 +22,8 @@ M1. mount time of a small (~90 files) and a large (~15 000 files, 100 distributi
     image: in-process ``vocker.mounting.mount()`` until ready, and the ``vocker mount``
     CLI against ``vocker --version``; the first mount (compiles bytecode) separately;
 M2. ``python -c "import numpy, requests, rich, pydantic"`` warm, and with the page
-    cache dropped (a fresh mount after the drop);
+    cache dropped (a fresh mount after the drop), with the image's read-ahead profile
+    and without one (as on the image's first mount);
 M3. ``find`` and ``tar cf - | cat`` over the whole tree, warm;
 M4. sequential read of a generated 500 MiB file (plain-tree image), warm;
 M5. from image in store to ``python -c pass`` in a fresh environment: ``vocker run``
@@ -51,6 +52,7 @@ import random
 import re
 import shlex
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -989,24 +991,33 @@ class Bench:
             self.row(f"M2 python -c \"{self.mount_import}\", caches dropped", None, None, None,
                      "skipped: cannot write /proc/sys/vm/drop_caches (not root?)", result="skipped")
             return
-        cm, cd = [], []
+        cm, cd, cf = [], [], []
+        sides = ("disk", "mount", "first")
         for i in range(self.fast_n):  # sub-second and noisy: as many samples as the warm timings
-            for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
+            for side in sides[i % 3:] + sides[:i % 3]:
                 self.drop_caches()
                 if side == "disk":
                     # the same warm-up of the host interpreter and stdlib that `vocker mount` gives the other side
                     self.runner.run([self.vocker, "--version"], env=env, name="m2-cold-equalise")
                     cd.append(self.py_import(exported, "m2-cold-disk"))
-                else:
-                    with self.cli_mounted(env, "bench:large", self.scratch / "mnt" / f"cold-{i}", "cold") as d:
-                        cm.append(self.py_import(d, "m2-cold-mount"))
-        res["m2_cold"] = {"mount": cm, "disk": cd}
+                    continue
+                if side == "first":  # as if the image had never been mounted: no read-ahead profile
+                    with contextlib.closing(sqlite3.connect(Path(env["VOCKER_HOME"]) / "vocker.db")) as db, db:
+                        db.execute("DELETE FROM read_profiles")
+                with self.cli_mounted(env, "bench:large", self.scratch / "mnt" / f"cold-{side}-{i}", "cold") as d:
+                    (cm if side == "mount" else cf).append(self.py_import(d, f"m2-cold-{side}"))
+        res["m2_cold"] = {"mount": cm, "disk": cd, "first_mount": cf}
         ratio = median(cm) / median(cd)
+        how = ("sync + drop_caches before each; mount side: a fresh `vocker mount` after the drop (not timed); "
+               "disk side: `vocker --version` after the drop (not timed), the same warm-up of the host Python")
         self.row(f"M2 python -c \"{self.mount_import}\", caches dropped", median(cm), median(cd), None,
-                 f"sync + drop_caches before each; mount side: a fresh `vocker mount` after the drop (not timed); "
-                 f"disk side: `vocker --version` after the drop (not timed), the same warm-up of the host Python; "
+                 f"{how}; the mount reads ahead the image's profile (recorded by the earlier mounts); "
                  f"paired ratio {_paired(cm, cd)}; samples {_samples(cm)}; disk {_samples(cd)}",
                  base_name="exported venv", target_desc=f"<= {TARGET_PY_COLD}x disk", passed=ratio <= TARGET_PY_COLD)
+        self.row(f"M2 python -c \"{self.mount_import}\", caches dropped, first mount (no read-ahead profile)",
+                 median(cf), median(cd), None,
+                 f"{how}; the profile deleted before each mount; paired ratio {_paired(cf, cd)}; "
+                 f"samples {_samples(cf)}", base_name="exported venv", target_desc="-", passed=None)
 
     # -- M4 -------------------------------------------------------------------------------------------
 

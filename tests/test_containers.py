@@ -11,6 +11,7 @@ daemons, so a failing test leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -29,6 +30,9 @@ from typing import Iterator
 
 import blake3
 import pytest
+
+from vocker import cbor
+from vocker.readahead import Profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import VockerRunner, _find_vocker_exe  # noqa: E402
@@ -327,6 +331,120 @@ def test_unmount_while_a_file_is_open(img: str, vocker, tmp_path: Path) -> None:
         f.close()
     assert wait_for(lambda: not pid_alive(pid), timeout=5)
     assert ps_rows(vocker) == []
+
+
+# --------------------------------------------------------------------------- read-ahead profiles
+
+
+def profile_of(home: Path) -> Profile | None:
+    rows = query(home, "SELECT data FROM read_profiles")
+    assert len(rows) <= 1
+    return Profile.from_bytes(rows[0][0]) if rows else None
+
+
+def set_profile(home: Path, data: bytes | None) -> None:
+    with contextlib.closing(sqlite3.connect(home / "vocker.db", timeout=30)) as db, db:
+        db.execute("DELETE FROM read_profiles")
+        if data is not None:
+            db.execute("INSERT INTO read_profiles (image_id, data) SELECT id, ? FROM images", (data,))
+
+
+def read_exactly(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no kernel read-ahead: only this range
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_reads_ahead_what_the_last_mount_read_first(img: str, vocker, vocker_home: Path,
+                                                            tmp_path: Path) -> None:
+    set_profile(vocker_home, None)
+    vocker("create", img, "--name", "c")
+    small, big = f"{SITE}/vdata/text.txt", f"{SITE}/vdata/big.txt"
+    m = tmp_path / "m"
+    vocker("mount", "c", m)
+    try:
+        assert (m / small).read_bytes() == DATA[small]
+        assert read_exactly(m / big, 3 * CHUNK, CHUNK) == DATA[big][3 * CHUNK:4 * CHUNK]
+    finally:
+        vocker("unmount", m)
+    profile = profile_of(vocker_home)
+    assert profile is not None
+    files = list(profile.files)
+    assert files.index(tuple(small.split("/"))) < files.index(tuple(big.split("/")))
+    assert profile.files[tuple(small.split("/"))] is None and profile.files[tuple(big.split("/"))] == {3}
+    saved = query(vocker_home, "SELECT data FROM read_profiles")
+
+    vocker("mount", "c", m)
+    try:
+        log = vocker_home / "containers" / "c" / "daemon.log"
+        assert wait_for(lambda: "read ahead 2 files" in log.read_text(), timeout=10), log.read_text()
+        assert (m / small).read_bytes() == DATA[small]
+        assert read_exactly(m / big, 3 * CHUNK, CHUNK) == DATA[big][3 * CHUNK:4 * CHUNK]
+    finally:
+        vocker("unmount", m)
+    assert query(vocker_home, "SELECT data FROM read_profiles") == saved, "the read-ahead's own reads grew it"
+
+    vocker("rm", "c")
+    vocker("image", "rm", img)
+    assert query(vocker_home, "SELECT * FROM read_profiles") == []
+
+
+def daemon_has_open_file_under(pid: int, root: Path) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{root}/"):
+                return True
+    return False
+
+
+def test_unmount_during_the_read_ahead_stops_it(vocker, vocker_home: Path, tmp_path: Path) -> None:
+    from vocker import mounting
+    from vocker.store import Store
+
+    tree = tmp_path / "tree"  # large files the profile names: the read-ahead holds each open a while
+    tree.mkdir()
+    rnd = random.Random(3)
+    names = [f"f{i}.bin" for i in range(8)]
+    for name in names:
+        (tree / name).write_bytes(rnd.randbytes(8 << 20))
+    vocker("image", "import", tree, "-t", "wide")
+    set_profile(vocker_home, Profile({(name,): None for name in names}).to_bytes())
+    store = Store.open(vocker_home)
+    for i in range(3):
+        with contextlib.suppress(OSError):  # as root: a cold store makes it slower still
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        m = Path(mounting.mount(store, "wide", tmp_path / f"m{i}").mountpoint)
+        pid = mount_record(vocker_home, m)[1]  # type: ignore[index]
+        # unmount while the daemon's read-ahead has a file of the mount open (which makes it busy)
+        assert wait_for(lambda: daemon_has_open_file_under(pid, m), timeout=5, interval=0)
+        mounting.unmount(store, m)  # not --force: raises if busy
+        assert_unmounted(m)
+
+
+def test_a_damaged_profile_is_ignored_and_an_audit_mount_records_none(img: str, vocker, vocker_home: Path,
+                                                                      tmp_path: Path) -> None:
+    set_profile(vocker_home, cbor.dumps([["../../etc/passwd", None]]))
+    vocker("create", img, "--name", "c")
+    m = tmp_path / "m"
+    vocker("mount", "c", m)
+    try:
+        assert (m / DATA_KEY_RAW).read_bytes() == DATA[DATA_KEY_RAW]
+    finally:
+        vocker("unmount", m)
+    log = (vocker_home / "containers" / "c" / "daemon.log").read_text()
+    assert "ignoring the read-ahead profile" in log and "invalid name" in log, log
+    assert list(profile_of(vocker_home).files) == [tuple(DATA_KEY_RAW.split("/"))]  # type: ignore[union-attr]
+
+    set_profile(vocker_home, None)
+    vocker("mount", "--audit", img, m)
+    try:
+        assert (m / DATA_KEY_RAW).read_bytes() == DATA[DATA_KEY_RAW]
+    finally:
+        vocker("unmount", m)
+    assert profile_of(vocker_home) is None
 
 
 def corrupt(home: Path, data: bytes) -> None:

@@ -209,7 +209,7 @@ def test_verify_records_missing_chunk_digests(two_images, vocker, vocker_home: P
             db.execute("CREATE TABLE blob_chunks (digest VARCHAR PRIMARY KEY, chunk_size INTEGER, digests BLOB)")
         db.execute("PRAGMA user_version = 3")
     assert vocker("export", "one", vocker_home.parent / "exported").returncode == 0  # reads check the sha256
-    assert query(vocker_home, "PRAGMA user_version") == [(4,)]
+    assert query(vocker_home, "PRAGMA user_version") == [(5,)]
     assert query(vocker_home, "SELECT name FROM sqlite_master WHERE name = 'blob_chunks'") == []
     assert vocker("verify").stdout.startswith("OK:")
     after = query(vocker_home, "SELECT digest, chunk_size, blake3 FROM blob_checks ORDER BY digest")

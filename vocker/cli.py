@@ -369,6 +369,9 @@ def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: P
 
     An image gets a throw-away writable layer, discarded at unmount; a named container
     (see 'vocker create') keeps its writable layer across mounts.
+
+    What a mount of the image read in its first seconds is read ahead in the
+    background by its next mounts, so a cold start runs at about disk speed.
     """
     from .mounting import mount
 

@@ -38,6 +38,11 @@ def container_dir(store: Store, name: str) -> Path:
     return store.root / "containers" / name
 
 
+def unmount_flag(store: Store, name: str) -> Path:
+    """Made by ``vocker unmount`` before it unmounts: the daemon's read-ahead stops (its open files would make the mount busy)."""
+    return container_dir(store, name) / "unmounting"
+
+
 def upper_dir(store: Store, name: str) -> Path:
     return container_dir(store, name) / "upper"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 -- Content blobs: files under blobs/sha256/, one per distinct file content.
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS objects (
     digest VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,          -- "tree" | "manifest"
     data BLOB NOT NULL
+);
+-- What a mount of an image read first, read ahead by its next mounts (vocker.readahead): a cache.
+CREATE TABLE IF NOT EXISTS read_profiles (
+    image_id VARCHAR PRIMARY KEY,
+    data BLOB NOT NULL              -- CBOR: [[path, [chunk, ...] or null], ...] in first-read order
 );
 CREATE TABLE IF NOT EXISTS images (
     id VARCHAR PRIMARY KEY,         -- digest of the manifest object

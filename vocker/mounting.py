@@ -30,6 +30,8 @@ from .pythons import find_interpreter
 from .store import Store
 
 READY_TIMEOUT = 60.0
+#: How long unmount retries a busy mount (the daemon's read-ahead closes its files within one read).
+BUSY_GRACE = 0.5
 
 #: Daemons this (multi-threaded) process started as children, kept so they can be reaped.
 _spawned: list[subprocess.Popen] = []
@@ -245,7 +247,14 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
     if mounted:
         if force and record is not None and pid_alive(record.pid) and not responsive(mountpoint, 1.0):
             _abort_connection(mountpoint)  # hung daemon: fail every pending request
+        if record is not None:
+            with contextlib.suppress(OSError):  # stop the daemon's read-ahead, whose open files make the mount busy
+                containers.unmount_flag(store, record.container).touch()
         result = _fusermount(mountpoint, lazy=False)
+        deadline = time.monotonic() + BUSY_GRACE
+        while result.returncode != 0 and "busy" in result.stderr.lower() and time.monotonic() < deadline:
+            time.sleep(0.002)  # the read-ahead stops within one read
+            result = _fusermount(mountpoint, lazy=False)
         if result.returncode != 0 and mountpoint in fuse_mounts():
             if not force:
                 busy = "busy" in result.stderr.lower()

@@ -337,6 +337,7 @@ class Store:
                 raise UsageError(f"image {ref} is used by container(s) {', '.join(sorted(users))}; "
                                  "remove them first ('vocker rm')")
             conn.execute("DELETE FROM pyc_images WHERE image_id = ?", (image_id,))
+            conn.execute("DELETE FROM read_profiles WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
             conn.execute("DELETE FROM objects WHERE digest = ?", (image_id,))

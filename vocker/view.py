@@ -35,6 +35,7 @@ from . import bytecode, template
 from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
 from .errors import VockerError
 from .manifest import Manifest
+from .readahead import Recorder
 from .scaffold import Link, scaffold
 from .store import Store
 from .tree import Entry, Kind
@@ -194,6 +195,8 @@ class ContainerView:
         #: Called with the other names of a hard-linked upper file after it changed, so
         #: the driver can drop the kernel's cached pages and attributes for them.
         self.invalidate: Callable[[Parts], None] | None = None
+        #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
+        self.recorder: Recorder | None = None
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
         if self.work is not None:
             self.work.mkdir(parents=True, exist_ok=True)
@@ -478,6 +481,9 @@ class ContainerView:
                         self._prefetch_infos(h.parts[:-1])
                     loaded = self._open_lower(h.node)
                     h.data, h.reader, h.node = loaded.data, loaded.reader, None
+        recorder = self.recorder
+        if recorder is not None and h.parts:
+            recorder.note(h.parts, offset, size, None if h.data is None else len(h.data))
         if h.data is not None:
             return h.data[offset:offset + size]
         assert h.reader is not None
