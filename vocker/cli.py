@@ -371,7 +371,8 @@ def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: P
     (see 'vocker create') keeps its writable layer across mounts.
 
     What a mount of the image read in its first seconds is read ahead in the
-    background by its next mounts, so a cold start runs at about disk speed.
+    background by its next mounts, so their cold starts are nearly as fast as
+    from a plain directory.
     """
     from .mounting import mount
 
