@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from vocker import cbor, readahead
@@ -65,7 +67,8 @@ def test_profiles_that_could_escape_the_mount_or_are_malformed_are_refused(entry
 def test_read_ahead_reads_the_plan_skips_what_is_gone_and_stops_when_told(tmp_path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 1000)
     (tmp_path / "big").write_bytes(b"y" * (3 * CHUNK))
-    plan = Profile({("a",): None, ("gone",): None, ("big",): {1, 2}}).plan()
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would never return
+    plan = Profile({("a",): None, ("gone",): None, ("fifo",): None, ("big",): {1, 2}}).plan()
     files, size, _ = readahead.read_ahead(str(tmp_path), plan, lambda: False)
-    assert (files, size) == (2, 1000 + 2 * CHUNK)
+    assert (files, size) == (2, 1000 + 2 * CHUNK)  # and it returned: the FIFO is skipped
     assert readahead.read_ahead(str(tmp_path), plan, lambda: True)[:2] == (0, 0)

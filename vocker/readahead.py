@@ -157,7 +157,8 @@ def read_ahead(root: str, plan: list[tuple[Parts, list[tuple[int, int]] | None]]
     """
     started = time.perf_counter()
     files = total = 0
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: a FIFO where the profile saw a file must not hang the thread (and the unmount)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     for parts, runs in plan:
         if stop():
             break
