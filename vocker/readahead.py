@@ -134,8 +134,9 @@ def load(store: "Store", image_id: str) -> Profile:
 
 
 def save(store: "Store", image_id: str, profile: Profile) -> None:
-    # not durable: a profile lost in a power cut costs one slower start, not data
-    with store.write(durable=False) as conn:
+    """Not durable, and waits at most 2 s for another writer: a profile lost in a power cut
+    or skipped costs one slower start, and a daemon must not linger after its unmount."""
+    with store.database.write(wait_ms=2000, durable=False) as conn:
         conn.execute("INSERT OR REPLACE INTO read_profiles (image_id, data) VALUES (?, ?)",
                      (image_id, profile.to_bytes()))
 
