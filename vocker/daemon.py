@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import readahead
+
 if TYPE_CHECKING:
     from .store import Store
     from .view import ContainerView
@@ -37,8 +39,6 @@ def _watch_owner(owner: int, mountpoint: str) -> None:
 
 def _read_ahead_then_record(store: Store, view: ContainerView, image_id: str, mountpoint: str, flag: Path) -> None:
     """Read the image's profile ahead through the mount, then note what else is read at start-up."""
-    from . import readahead
-
     log = logging.getLogger("vocker.daemon")
     recorder = view.recorder
     assert recorder is not None
@@ -50,8 +50,6 @@ def _read_ahead_then_record(store: Store, view: ContainerView, image_id: str, mo
 
 
 def _save_profile(store: Store, view: ContainerView, image_id: str) -> None:
-    from . import readahead
-
     recorder, view.recorder = view.recorder, None
     if recorder is not None and recorder.changed:
         try:
@@ -75,7 +73,7 @@ def main(config: dict[str, Any]) -> int:
         except OSError:
             pass
 
-    from . import containers, readahead
+    from . import containers
     from .store import Store
 
     store = Store.open(Path(config["store"]), prefetch=True)

@@ -3,7 +3,7 @@
 A cold start through FUSE pays, file after file, a round trip, a store read, a
 decompression and a check while the application waits. The files an environment's
 start-up reads are nearly the same every time, so a mount notes the store-backed
-files (and, of large ones, the 128 KiB chunks) it serves in its first
+files (and, of large ones, the 128 KiB chunks the store checks) it serves in its first
 ``RECORD_SECONDS``, in first-read order, and the next mount of the image reads them
 through itself in a background thread from its first moment: the application then
 finds most of them in the kernel's page cache (like an OS's application prefetcher).
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from . import cbor
+from .blobstore import CHUNK
 from .errors import FormatError
 from .tree import check_name
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 Parts = tuple[str, ...]
 log = logging.getLogger("vocker.readahead")
 
-CHUNK = 128 << 10         #: granularity of what is noted of a large file (the kernel's read-ahead size)
 RECORD_SECONDS = 10.0     #: a mount notes reads for this long (start-up, not a long session's later reads)
 MAX_FILES = 4_096         #: bounds what a profile makes each mount read (a cold
 MAX_BYTES = 64 << 20      #: `import numpy, requests, rich, pydantic` reads 170 files, 18 MB)
@@ -52,7 +52,7 @@ class Profile:
     @classmethod
     def from_bytes(cls, data: bytes) -> "Profile":
         """Decode and validate: the paths are opened under a mount point, so no part may escape it."""
-        raw = cbor.loads(data, "read-ahead profile", check_canonical=False)
+        raw = cbor.loads(data, "read-ahead profile")
         if not isinstance(raw, list):
             raise FormatError("corrupt read-ahead profile: not a list")
         files: dict[Parts, set[int] | None] = {}
@@ -139,11 +139,6 @@ def save(store: "Store", image_id: str, profile: Profile) -> None:
     with store.database.write(wait_ms=2000, durable=False) as conn:
         conn.execute("INSERT OR REPLACE INTO read_profiles (image_id, data) VALUES (?, ?)",
                      (image_id, profile.to_bytes()))
-
-
-def forget(store: "Store", image_id: str) -> None:
-    with store.write(durable=False) as conn:
-        conn.execute("DELETE FROM read_profiles WHERE image_id = ?", (image_id,))
 
 
 def read_ahead(root: str, plan: list[tuple[Parts, list[tuple[int, int]] | None]],
