@@ -136,7 +136,7 @@ def load(store: "Store", image_id: str) -> Profile:
 def save(store: "Store", image_id: str, profile: Profile) -> None:
     """Not durable, and waits at most 2 s for another writer: a profile lost in a power cut
     or skipped costs one slower start, and a daemon must not linger after its unmount."""
-    with store.database.write(wait_ms=2000, durable=False) as conn:
+    with store.write(durable=False, wait_ms=2000) as conn:
         conn.execute("INSERT OR REPLACE INTO read_profiles (image_id, data) VALUES (?, ?)",
                      (image_id, profile.to_bytes()))
 

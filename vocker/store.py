@@ -77,8 +77,9 @@ class Store:
     def read(self) -> contextlib.AbstractContextManager[Connection]:
         return self.database.read()
 
-    def write(self, durable: bool = True) -> contextlib.AbstractContextManager[Connection]:
-        return self.database.write(durable=durable)
+    def write(self, durable: bool = True, wait_ms: int = db.BUSY_MS) -> contextlib.AbstractContextManager[Connection]:
+        """One transaction; ``wait_ms``: how long to wait for another writer (caches wait little)."""
+        return self.database.write(wait_ms, durable)
 
     def close(self) -> None:
         self.database.close()
@@ -151,7 +152,7 @@ class Store:
         chunks = self.blobs.chunk_digests(info.digest, info.codec, info.size)
         # A reader must not wait behind another process's long write: if the database is
         # busy, the digests are simply computed again next time.
-        with contextlib.suppress(db.OperationalError), self.database.write(wait_ms=100) as conn:
+        with contextlib.suppress(db.OperationalError), self.write(wait_ms=100) as conn:
             self.record_chunks(conn, {info.digest: chunks})
         with self._cache_lock:
             self._chunks[info.digest] = chunks
