@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 
@@ -11,4 +12,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("vocker: interrupted\n")
         sys.exit(130)
+    # What the imports made lives until exit: frozen, no collection walks it again, nor the
+    # one at exit (13-18 ms of every command), and a forked mount daemon shares its pages.
+    gc.freeze()
     cli_main()
