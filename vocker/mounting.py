@@ -218,6 +218,11 @@ def _fusermount(mountpoint: str, lazy: bool) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True)
 
 
+def _busy(result: subprocess.CompletedProcess[str]) -> bool:
+    """fusermount3 tells EBUSY only in its message."""
+    return result.returncode != 0 and "busy" in result.stderr.lower()
+
+
 def _abort_connection(mountpoint: str) -> None:
     dev = fuse_mounts().get(mountpoint, ("", ""))[0]
     minor = dev.split(":")[-1]
@@ -252,14 +257,13 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
                 containers.unmount_flag(store, record.container).touch()
         result = _fusermount(mountpoint, lazy=False)
         deadline = time.monotonic() + BUSY_GRACE
-        while result.returncode != 0 and "busy" in result.stderr.lower() and time.monotonic() < deadline:
+        while _busy(result) and time.monotonic() < deadline:
             time.sleep(0.002)  # the read-ahead stops within one read
             result = _fusermount(mountpoint, lazy=False)
         if result.returncode != 0 and mountpoint in fuse_mounts():
             if not force:
-                busy = "busy" in result.stderr.lower()
                 raise VockerError(f"{mountpoint} is busy (open files or a process working there); "
-                                  "close them or use --force for a lazy unmount" if busy
+                                  "close them or use --force for a lazy unmount" if _busy(result)
                                   else f"cannot unmount {mountpoint}: {result.stderr.strip()}")
             _fusermount(mountpoint, lazy=True)
     if record is not None:
