@@ -1,5 +1,5 @@
 """Compiling sources into cached bytecode: many compiler processes, results in order,
-and progress a user sees during the one slow step of a first mount."""
+progress while an export compiles, and a mount that compiles only what is imported."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vocker.bytecode import compile_sources, shipped_mtime
+import pytest
+
+from mounthelp import force_cleanup, query
+from vocker import locking
+from vocker.bytecode import Compiler, compile_sources, shipped_mtime
+from vocker.digest import digest_bytes
 
 
 class RecordingReporter:
@@ -81,20 +86,75 @@ def run_on_a_terminal(cmd: list[str], env: dict[str, str], timeout: float = 120)
         os.close(leader)
 
 
-def test_first_mount_shows_bytecode_progress_on_a_terminal(make_venv, vocker, vocker_home: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_kept_compiler_answers_in_order_and_survives_its_process_dying() -> None:
+    compiler = Compiler(sys.executable)
+    try:
+        first = compiler([b"x = 1\n", b"def broken(:\n", b"y = [x for x in 'ab']\n"])
+        assert first[1] is None
+        assert [type(marshal.loads(b)).__name__ for b in (first[0], first[2])] == ["code", "code"]
+        compiler._proc.kill()  # type: ignore[union-attr]
+        compiler._proc.wait()  # type: ignore[union-attr]
+        again = compiler([b"x = 1\n"])  # a new process, the same answer
+        assert again == [first[0]]
+        proc = compiler._proc
+    finally:
+        compiler.close()
+    assert proc is not None and proc.poll() is not None  # closing ends the process
+
+
+@pytest.fixture
+def fresh_mount(make_venv, vocker, vocker_home: Path, tmp_path: Path):
+    """An image nothing was ever compiled for; the mount point to use; always unmounted."""
     venv = make_venv(tmp_path / "env", packages=("alpha==1.0", "gamma==1.0"))
     vocker("image", "import", venv, "-t", "fresh")
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]
     mnt = tmp_path / "mnt"
+    try:
+        yield venv, mnt
+    finally:
+        vocker("unmount", mnt, check=False)
+        force_cleanup(tmp_path)
+
+
+def _compiled(home: Path, venv: Path, package: str) -> set[bool]:
+    """For each source of ``package``: whether the store has bytecode for it."""
+    done = {row[0] for row in query(home, "SELECT source FROM pycs")}
+    sources = (venv / "lib").glob(f"python*/site-packages/{package}/**/*.py")
+    return {digest_bytes(p.read_bytes()) in done for p in sources}
+
+
+def test_a_mount_compiles_only_what_is_imported_and_an_export_shows_its_compiling(
+        fresh_mount, vocker, vocker_home: Path, tmp_path: Path) -> None:
+    venv, mnt = fresh_mount
     env = {**os.environ, "VOCKER_HOME": str(vocker_home), "COLUMNS": "100", "TERM": "xterm"}
-    try:
-        code, shown = run_on_a_terminal([str(vocker.exe), "mount", "fresh", str(mnt)], env)
-        assert code == 0, shown
-        assert "Compiling bytecode" in shown and "Mounted fresh" in shown, shown
-    finally:
-        vocker("unmount", mnt, check=False)
-    try:
-        code, shown = run_on_a_terminal([str(vocker.exe), "mount", "fresh", str(mnt)], env)
-        assert code == 0 and "Compiling bytecode" not in shown, shown  # compiled once per image
-    finally:
-        vocker("unmount", mnt, check=False)
+    code, shown = run_on_a_terminal([str(vocker.exe), "mount", "fresh", str(mnt)], env)
+    assert code == 0 and "Mounted fresh" in shown and "Compiling" not in shown, shown
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]  # a first mount compiles nothing
+
+    py = [str(mnt / "bin" / "python"), "-c", "import alpha, gamma; print(alpha.VALUE)"]
+    subprocess.run(py, check=True, capture_output=True)
+    assert _compiled(vocker_home, venv, "alpha") == {True}
+    assert _compiled(vocker_home, venv, "gamma/sub") == {False}  # gamma.sub was not imported
+    pycache = list((vocker_home / "containers").glob("*/upper/**/__pycache__"))
+    assert pycache == [], pycache  # Python found the bytecode; it wrote none of its own
+
+    code, shown = run_on_a_terminal([str(vocker.exe), "export", "fresh", str(tmp_path / "out")], env)
+    assert code == 0 and "Compiling bytecode" in shown, shown  # the rest, for the export's pycs
+    assert _compiled(vocker_home, venv, "gamma") == {True}
+
+
+def test_a_mount_leaves_compiling_to_python_while_gc_holds_the_store(
+        fresh_mount, vocker, vocker_home: Path) -> None:
+    venv, mnt = fresh_mount
+    vocker("mount", "fresh", mnt)
+    with locking.exclusive(vocker_home / "store.lock"):  # as gc does: blobs it cannot see must not appear
+        out = subprocess.run([str(mnt / "bin" / "python"), "-c", "import gamma.sub.mod1 as m; print(m.twice())"],
+                             check=True, capture_output=True, text=True).stdout
+    assert out == "2\n"
+    assert _compiled(vocker_home, venv, "gamma") == {False}
+    log = next((vocker_home / "containers").glob("*/daemon.log")).read_text()
+    assert "not compiling bytecode for" in log and "while gc runs" in log, log
+    vocker("unmount", mnt)
+    vocker("mount", "fresh", mnt)  # a later mount compiles as usual
+    subprocess.run([str(mnt / "bin" / "python"), "-c", "import gamma.sub.mod1"], check=True)
+    assert _compiled(vocker_home, venv, "gamma/sub") == {True}

@@ -22,6 +22,8 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from vocker.db import SCHEMA_VERSION
+
 # The two images of the shared store: "one" and "two" both contain gamma (so its
 # big module is one shared blob); each has its own random (incompressible, so raw)
 # data file, and its own alpha RECORD.
@@ -207,10 +209,11 @@ def test_verify_records_missing_chunk_digests(two_images, vocker, vocker_home: P
         with db:
             db.execute("DELETE FROM blob_checks")
             db.execute("CREATE TABLE blob_chunks (digest VARCHAR PRIMARY KEY, chunk_size INTEGER, digests BLOB)")
+            db.execute("CREATE TABLE pyc_images (image_id VARCHAR NOT NULL, magic VARCHAR NOT NULL)")  # to schema 5
         db.execute("PRAGMA user_version = 3")
     assert vocker("export", "one", vocker_home.parent / "exported").returncode == 0  # reads check the sha256
-    assert query(vocker_home, "PRAGMA user_version") == [(5,)]
-    assert query(vocker_home, "SELECT name FROM sqlite_master WHERE name = 'blob_chunks'") == []
+    assert query(vocker_home, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(vocker_home, "SELECT name FROM sqlite_master WHERE name IN ('blob_chunks', 'pyc_images')") == []
     assert vocker("verify").stdout.startswith("OK:")
     after = query(vocker_home, "SELECT digest, chunk_size, blake3 FROM blob_checks ORDER BY digest")
     assert set(before) <= set(after)  # the export added pyc blobs (with their digests)

@@ -8,15 +8,21 @@ interpreter, and every environment gets ordinary *timestamp* pycs: a 16-byte hea
 (magic, flags 0, source mtime, source size) in front of the cached body. An edit to
 a ``.py`` changes its mtime and size, so Python never runs stale bytecode; an
 untouched environment never compiles on first import.
+
+An export compiles what its image's sources lack all at once; a mount compiles a
+directory's sources when Python first looks into its ``__pycache__``, so a first
+mount is as quick as any other and compiles only what is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
+import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import IO, TYPE_CHECKING, Callable, Iterable
 
 from .digest import digest_bytes
 from .errors import VockerError
@@ -24,26 +30,25 @@ from .parallel import pmap
 from .progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
-    from .manifest import PythonFacts
     from .store import Store
 
 #: The file name compiled into code objects; replaced by the real path at import time.
 COMPILE_NAME = "<vocker>"
 
+#: Reads length-prefixed sources until EOF and answers each at once (a length of -1: does
+#: not compile), so one worker serves a batch or, kept running, a mount's requests.
 _WORKER = r"""
 import marshal, struct, sys
-data = sys.stdin.buffer.read()
-out = sys.stdout.buffer
-pos = 0
-while pos < len(data):
-    (n,) = struct.unpack_from("<I", data, pos); pos += 4
-    source = data[pos:pos + n]; pos += n
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while len(head := inp.read(4)) == 4:
+    source = inp.read(struct.unpack("<I", head)[0])
     try:
         body = marshal.dumps(compile(source, %r, "exec", dont_inherit=True))
     except Exception:
         out.write(struct.pack("<i", -1))
-        continue
-    out.write(struct.pack("<i", len(body))); out.write(body)
+    else:
+        out.write(struct.pack("<i", len(body))); out.write(body)
+    out.flush()
 """ % COMPILE_NAME
 
 
@@ -81,10 +86,17 @@ def compile_sources(python: str, sources: list[bytes], jobs: int | None = None,
     return [body for chunk_result in results for body in chunk_result]
 
 
+def _worker_command(python: str) -> list[str]:
+    return [python, "-I", "-S", "-c", _WORKER]
+
+
+def _frames(sources: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(s)) + s for s in sources)
+
+
 def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
-    payload = b"".join(struct.pack("<I", len(s)) + s for s in sources)
     try:
-        proc = subprocess.run([python, "-I", "-S", "-c", _WORKER], input=payload, capture_output=True, check=True)
+        proc = subprocess.run(_worker_command(python), input=_frames(sources), capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise VockerError(f"compiling bytecode with {python} failed: {exc}") from None
     data, pos, out = proc.stdout, 0, []
@@ -99,12 +111,72 @@ def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
     return out
 
 
-def ensure_cached(store: "Store", magic: str, python: str, sources: dict[str, Callable[[], bytes]],
-                  reporter: Reporter | None = None) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
+class Compiler:
+    """One compiler process kept for a mount, which compiles a directory's sources when
+    Python first looks into its ``__pycache__`` (a process per directory would add ~20 ms
+    to each). Thread-safe; the process ends with the mount (EOF on its stdin)."""
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, sources: list[bytes]) -> list[bytes | None]:
+        with self._lock:
+            try:
+                return self._compile(sources)
+            except (OSError, ValueError, struct.error) as exc:  # died or garbled: the next call starts anew
+                self._stop()
+                raise VockerError(f"compiling bytecode with {self.python} failed: {exc}") from None
+
+    def _compile(self, sources: list[bytes]) -> list[bytes | None]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(_worker_command(self.python), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None and stdout is not None
+        out: list[bytes | None] = []
+        for source in sources:  # one at a time: a batch could fill both pipes and deadlock
+            stdin.write(_frames([source]))
+            stdin.flush()
+            (n,) = struct.unpack("<i", _read_exactly(stdout, 4))
+            out.append(None if n < 0 else _read_exactly(stdout, n))
+        return out
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                with contextlib.suppress(OSError):
+                    self._proc.stdin.close()  # type: ignore[union-attr]
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._stop()
+
+
+def _read_exactly(f: IO[bytes], n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError("the compiler process ended")
+    return data
+
+
+def ensure_cached(store: "Store", magic: str, compile: Callable[[list[bytes]], list[bytes | None]],
+                  sources: dict[str, Callable[[], bytes]]) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
     """Make the store hold bytecode for every source digest in ``sources`` (digest -> reader).
 
-    Returns (cached: digest -> pyc blob or None, fresh: digest -> body or None for what
-    was compiled now). None marks a source that does not compile with this interpreter.
+    ``compile`` turns sources into bodies (``compile_sources`` for a batch, a ``Compiler``
+    for a mount). Returns (cached: digest -> pyc blob or None, fresh: digest -> body or
+    None for what was compiled now). None marks a source that does not compile with
+    this interpreter.
     """
     known = store.cached_pycs(magic, sources)
     store.blob_infos(d for d in known.values() if d is not None)
@@ -123,37 +195,10 @@ def ensure_cached(store: "Store", magic: str, python: str, sources: dict[str, Ca
             texts.append(text)
     fresh: dict[str, bytes | None] = {}
     if todo:
-        fresh = dict(zip(todo, compile_sources(python, texts, reporter=reporter)))
+        fresh = dict(zip(todo, compile(texts)))
         store.put_blobs({digest_bytes(b): b for b in fresh.values() if b is not None},
                         pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
     return known, fresh
-
-
-def ensure_image(store: "Store", image_id: str, facts: "PythonFacts", python: str,
-                 reporter: Reporter | None = None) -> int:
-    """Cache bytecode for all of an image's library sources (once per image and interpreter).
-
-    Returns how many sources were compiled now.
-    """
-    from . import walk
-    from .tree import Kind
-
-    with store.read() as conn:
-        done = conn.execute("SELECT 1 FROM pyc_images WHERE image_id = ? AND magic = ?",
-                            (image_id, facts.magic)).fetchone()
-    if done:
-        return 0
-    readers: dict[str, Callable[[], bytes]] = {}
-    for rel, e in walk.iter_entries(store, walk.single_layer(store.manifest(image_id).layers)):
-        if e.kind is Kind.FILE and not e.template and wants_pyc(rel, facts.lib):
-            if e.inline is not None:
-                readers[inline_digest(e.inline)] = lambda data=e.inline: data
-            else:
-                readers[e.digest] = lambda d=e.digest: store.read_blob(d)  # type: ignore[misc]
-    _, fresh = ensure_cached(store, facts.magic, python, readers, reporter)
-    with store.write() as conn:
-        conn.execute("INSERT OR IGNORE INTO pyc_images (image_id, magic) VALUES (?, ?)", (image_id, facts.magic))
-    return len(fresh)
 
 
 def shipped_mtime(created: float, now: float | None = None) -> int:

@@ -287,7 +287,7 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
         from .running import run_in
 
         err.print(f"testing: {test_cmd}", markup=False)
-        return run_in(store, image_id, ["/bin/sh", "-c", test_cmd or "true"], reporter=RichReporter())
+        return run_in(store, image_id, ["/bin/sh", "-c", test_cmd or "true"])
 
     result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
                    reporter=RichReporter(), on_step=lambda m: err.print(m, markup=False))
@@ -376,7 +376,7 @@ def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: P
     """
     from .mounting import mount
 
-    record = mount(_store(), ref, directory, read_only=read_only, audit=audit, python=python, reporter=RichReporter())
+    record = mount(_store(), ref, directory, read_only=read_only, audit=audit, python=python)
     out.print(f"Mounted {ref} at {record.mountpoint} (container {record.container}, pid {record.pid})", markup=False)
 
 
@@ -466,7 +466,7 @@ def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | 
     """
     from .running import run_in
 
-    sys.exit(run_in(_store(), ref, list(command), read_only=read_only, python=python, reporter=RichReporter()))
+    sys.exit(run_in(_store(), ref, list(command), read_only=read_only, python=python))
 
 
 @cli.command("shell")
@@ -478,7 +478,7 @@ def shell_cmd(ref: str, python: Path | None) -> None:
     from .running import run_in
 
     shell = os.environ.get("SHELL") or "/bin/sh"
-    sys.exit(run_in(_store(), ref, [shell], python=python, reporter=RichReporter()))
+    sys.exit(run_in(_store(), ref, [shell], python=python))
 
 
 def _one_line(exc: BaseException) -> tuple[str, int]:

@@ -78,6 +78,7 @@ def main(config: dict[str, Any]) -> int:
 
     store = Store.open(Path(config["store"]), prefetch=True)
     name = config["container"]
+    view: ContainerView | None = None
     try:
         from fs_backends.fuse_linux import serve
         from .view import ContainerView
@@ -111,6 +112,8 @@ def main(config: dict[str, Any]) -> int:
         report(f"error: {exc}")
         return 1
     finally:
+        if view is not None:
+            view.close()  # ends its compiler process
         log.info("unmounted %s", config["mountpoint"])
         record = containers.mount_of(store, config["mountpoint"])
         if record is not None and record.pid == os.getpid():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 -- Content blobs: files under blobs/sha256/, one per distinct file content.
@@ -79,12 +79,9 @@ CREATE TABLE IF NOT EXISTS builds (
     created FLOAT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_builds_image_id ON builds (image_id);
--- Images whose every source has cached bytecode for an interpreter magic (mounts skip the check).
-CREATE TABLE IF NOT EXISTS pyc_images (
-    image_id VARCHAR NOT NULL,
-    magic VARCHAR NOT NULL,
-    PRIMARY KEY (image_id, magic)
-);
+-- Schema 6: mounts compile bytecode per directory when it is first looked into, so there is
+-- no "every source of this image is compiled" record any more.
+DROP TABLE IF EXISTS pyc_images;
 -- Containers: an image plus a writable layer (containers/<name>/upper).
 CREATE TABLE IF NOT EXISTS containers (
     name VARCHAR PRIMARY KEY,

@@ -135,7 +135,8 @@ def _write_pycs(store: Store, tmp: Path, files: list[tuple[Rel, Entry]], magic: 
                if not e.template and bytecode.wants_pyc(rel, lib)]
     base = str(tmp)
     readers = {d: Path(base, *rel).read_bytes for rel, d in sources}
-    known, fresh = bytecode.ensure_cached(store, magic, python, readers, reporter)
+    known, fresh = bytecode.ensure_cached(
+        store, magic, lambda texts: bytecode.compile_sources(python, texts, reporter=reporter), readers)
 
     def write(item: tuple[Rel, str]) -> int:
         rel, digest = item

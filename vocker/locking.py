@@ -1,6 +1,6 @@
 """Store-wide reader/writer lock, so gc never deletes what an import is writing.
 
-Imports and exports hold it shared; gc holds it exclusively. The OS releases it
+Imports, exports and a mount caching bytecode hold it shared; gc holds it exclusively. The OS releases it
 when a process dies (even by kill -9), so a crash never leaves the store locked.
 """
 
@@ -40,8 +40,9 @@ def _locked(path: Path, shared: bool, blocking: bool) -> Iterator[bool]:
         os.close(fd)
 
 
-def shared(path: Path) -> contextlib.AbstractContextManager[bool]:
-    return _locked(path, shared=True, blocking=True)
+def shared(path: Path, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """Yields False (without waiting) when ``blocking`` is off and gc holds the lock."""
+    return _locked(path, shared=True, blocking=blocking)
 
 
 def exclusive(path: Path, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from . import bytecode, containers
+from . import containers
 from .containers import MountRecord
 from .errors import UsageError, VockerError
-from .progress import Reporter
 from .pythons import find_interpreter
 from .store import Store
 
@@ -109,11 +108,8 @@ def _check_mountpoint(path: Path) -> str:
 
 
 def mount(store: Store, ref: str, path: Path, *, read_only: bool = False, audit: bool = False,
-          owner_pid: int | None = None, python: Path | None = None, reporter: Reporter | None = None) -> MountRecord:
-    """Mount a container (by name) or a fresh throw-away container of an image (by ref).
-
-    ``reporter`` shows the one slow step: the first mount of an image compiles its bytecode.
-    """
+          owner_pid: int | None = None, python: Path | None = None) -> MountRecord:
+    """Mount a container (by name) or a fresh throw-away container of an image (by ref)."""
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         raise VockerError("FUSE is not available: install fuse3 (apt-get install fuse3) and make sure /dev/fuse exists")
     mountpoint = _check_mountpoint(path)
@@ -128,7 +124,6 @@ def mount(store: Store, ref: str, path: Path, *, read_only: bool = False, audit:
     if manifest.kind == "venv" and not audit:
         assert manifest.python is not None
         interpreter = find_interpreter(manifest.python, store.image(image_id).provenance.get("base_interpreter"), python)
-        bytecode.ensure_image(store, image_id, manifest.python, interpreter["executable"], reporter)
     if container is None:
         container = containers.create(store, image_id, None)
     read_only = read_only or audit
@@ -282,14 +277,14 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
 
 @contextlib.contextmanager
 def mounted(store: Store, ref: str, path: Path | None = None, *, read_only: bool = False,
-            python: Path | None = None, reporter: Reporter | None = None) -> Iterator[Path]:
+            python: Path | None = None) -> Iterator[Path]:
     """Mount for the duration of a block (in a new temporary directory by default); always unmounts.
 
     The daemon also unmounts by itself if this process dies, even by kill -9.
     """
     made = path is None
     where = Path(tempfile.mkdtemp(prefix="vocker-")) if path is None else path
-    record = mount(store, ref, where, read_only=read_only, owner_pid=os.getpid(), python=python, reporter=reporter)
+    record = mount(store, ref, where, read_only=read_only, owner_pid=os.getpid(), python=python)
     try:
         yield Path(record.mountpoint)
     finally:

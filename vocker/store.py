@@ -84,8 +84,8 @@ class Store:
     def close(self) -> None:
         self.database.close()
 
-    def lock_shared(self) -> contextlib.AbstractContextManager[bool]:
-        return locking.shared(self.root / "store.lock")
+    def lock_shared(self, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return locking.shared(self.root / "store.lock", blocking)
 
     def lock_exclusive(self, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
         return locking.exclusive(self.root / "store.lock", blocking)
@@ -337,7 +337,6 @@ class Store:
             if users:
                 raise UsageError(f"image {ref} is used by container(s) {', '.join(sorted(users))}; "
                                  "remove them first ('vocker rm')")
-            conn.execute("DELETE FROM pyc_images WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM read_profiles WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM images WHERE id = ?", (image_id,))

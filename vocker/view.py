@@ -192,6 +192,8 @@ class ContainerView:
                         else Lower(Kind.FILE, executable=item.executable, data=item.data))
                 self._virtual.setdefault(parts[:-1], {})[parts[-1]] = node
         self._pycs = facts is not None and interpreter is not None
+        self._compiler = bytecode.Compiler(interpreter["executable"]) if self._pycs else None  # type: ignore[index]
+        self._compile_lock = threading.Lock()
         #: Called with the other names of a hard-linked upper file after it changed, so
         #: the driver can drop the kernel's cached pages and attributes for them.
         self.invalidate: Callable[[Parts], None] | None = None
@@ -237,6 +239,8 @@ class ContainerView:
                    if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
         digests = {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
         bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
+        if len(bodies) < len(set(digests.values())) and self._compile_missing(src_dir, sources, digests):
+            bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
         out = {}
         for name, d in digests.items():
             if d in bodies:
@@ -244,6 +248,25 @@ class ContainerView:
                 out[bytecode.pyc_name(name, self.facts.cache_tag)] = Lower(
                     Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
         return out
+
+    def _compile_missing(self, src_dir: Parts, sources: dict[str, Entry], digests: dict[str, str]) -> bool:
+        """Compile and cache what the store has no bytecode for (once per source and Python,
+        for every image); False when nothing could be (Python then compiles in the process)."""
+        assert self.facts is not None and self._compiler is not None
+        readers = {digests[name]: (lambda data=e.inline: data) if e.inline is not None
+                   else (lambda d=e.digest: self.store.read_blob(d))  # type: ignore[misc]
+                   for name, e in sources.items()}
+        where = "/".join(src_dir)
+        with self._compile_lock, self.store.lock_shared(blocking=False) as got:
+            if not got:  # gc is running: it would delete blobs it does not see recorded yet
+                log.warning("not compiling bytecode for %s while gc runs", where)
+                return False
+            try:
+                bytecode.ensure_cached(self.store, self.facts.magic, self._compiler, readers)
+            except Exception as exc:  # a cache: the import still works without it
+                log.warning("cannot compile or cache bytecode for %s: %s", where, exc)
+                return False
+        return True
 
     def _lower(self, parts: Parts) -> Lower | None:
         if not parts:
@@ -828,3 +851,5 @@ class ContainerView:
     def close(self) -> None:
         for fh in list(self._handles):
             self.release(fh)
+        if self._compiler is not None:
+            self._compiler.close()
