@@ -20,7 +20,8 @@ image exported with ``vocker export``, in the same run):
 
 M1. mount time of a small (~90 files) and a large (~15 000 files, 100 distributions)
     image: in-process ``vocker.mounting.mount()`` until ready, and the ``vocker mount``
-    CLI against ``vocker --version``; the first mount (compiles bytecode) separately;
+    CLI against ``vocker --version``; the first mount separately, and the first import
+    through it (which compiles the bytecode of what it imports);
 M2. ``python -c "import numpy, requests, rich, pydantic"`` warm, and with the page
     cache dropped (a fresh mount after the drop), with the image's read-ahead profile
     and without one (as on the image's first mount);
@@ -603,6 +604,11 @@ class Bench:
     def store_bytes(self, home: Path) -> int:
         return du_bytes(home / "blobs", *sorted(home.glob("vocker.db*")))
 
+    @staticmethod
+    def pyc_count(home: Path) -> int:
+        with contextlib.closing(sqlite3.connect(home / "vocker.db")) as conn:
+            return conn.execute("SELECT COUNT(*) FROM pycs WHERE ok").fetchone()[0]
+
     def shared(self) -> None:
         log("10 venvs sharing most packages: creating them with uv (copy mode) from the cached wheels")
         t0 = time.perf_counter()
@@ -843,7 +849,6 @@ class Bench:
         (self.scratch / "tmp").mkdir(parents=True, exist_ok=True)
         images: dict[str, Any] = {}
         res["images"] = images
-        # small first: its first mount then compiles only its own sources
         for tag, tree in (("small", small), ("large", large), ("bigfile", bigdir)):
             log(f"mount part: importing {tree.name} as bench:{tag}")
             r = self.runner.run([self.vocker, "image", "import", str(tree), "-t", f"bench:{tag}"], env=env,
@@ -853,9 +858,17 @@ class Bench:
                            "pins": len(SMALL_PINS if tag == "small" else QUICK_PINS if self.quick else ENV100_PINS)
                            if tag != "bigfile" else None}
             if tag != "bigfile":
-                log(f"  first mount of bench:{tag} (in-process; compiles its bytecode)")
+                log(f"  first mount of bench:{tag} (in-process)")
                 images[tag]["first_mount"] = self.mount_helper(home, {"first": [f"bench:{tag}"]},
                                                                f"first-{tag}")["first"][f"bench:{tag}"]
+            if tag == "large":  # before the export below compiles every source
+                log("  first import through a mount of bench:large (compiles what it imports), then again")
+                # plain_env: with the bench's PYTHONPYCACHEPREFIX, Python would not look into the mount's __pycache__
+                run_env = dict(self.plain_env(), VOCKER_HOME=str(home), TMPDIR=str(self.scratch / "tmp"))
+                images[tag]["first_imports"] = [self.runner.run(
+                    [self.vocker, "run", "bench:large", "--", "python", "-c", self.mount_import], env=run_env,
+                    name=f"first-import-{i}").seconds for i in range(2)]
+                images[tag]["first_import_pycs"] = self.pyc_count(home)
         images["bigfile"]["stored"] = self.store_bytes(home)
         # the plain-disk twin of the large image, with the same pycs: baseline of M2 and M3
         exported = self.fresh(self.scratch / "export-large")
@@ -927,8 +940,14 @@ class Bench:
             tag = r.split(":")[1]
             first = images[tag]["first_mount"]
             self.row(f"M1 first mount() of the {tag} image", first["mount"], m[r], None,
-                     "compiles and caches the bytecode of its library sources (once per image); baseline: the "
-                     "warm mount() above", unit="ms", base_name="later mounts", target_desc="-", passed=None)
+                     "compiles nothing up front (a mount compiles a directory's sources when Python first looks "
+                     "into its __pycache__); baseline: the warm mount() above", unit="ms", base_name="later mounts",
+                     target_desc="-", passed=None)
+        one, two = images["large"]["first_imports"]
+        self.row(f"M1 first `vocker run IMG -- python -c \"{self.mount_import}\"` of the large image", one, two, None,
+                 f"compiles the {images['large']['first_import_pycs']} sources of the directories the import looks "
+                 f"into, once (shared by every image); baseline: the same command right after", base_name="second run",
+                 target_desc="-", passed=None)
         v = median(ver)
         for r in refs:
             tag = r.split(":")[1]
@@ -1070,12 +1089,17 @@ class Bench:
             return self.runner.run([self.vocker, "run", "bench:large", "--", "python", "-c", "pass"], env=run_env,
                                    name=f"m5-run-{tag}").seconds
 
+        command: list[float] = []  # `python -c pass` of the exported venv: the command itself, from disk
+        cli_start: list[float] = []  # `vocker --version`: the interpreter plus the CLI's imports
+
         def export(tag: str) -> float:
             d = self.fresh(self.scratch / f"m5-export-{tag}")
             t = self.runner.run([self.vocker, "export", "bench:large", str(d)], env=env, name=f"m5-export-{tag}").seconds
-            t += self.runner.run([str(d / "bin" / "python"), "-c", "pass"], env=run_env, name=f"m5-export-py-{tag}").seconds
+            py = self.runner.run([str(d / "bin" / "python"), "-c", "pass"], env=run_env, name=f"m5-export-py-{tag}")
+            command.append(py.seconds)
+            cli_start.append(self.runner.run([self.vocker, "--version"], env=run_env, name=f"m5-cli-{tag}").seconds)
             rmtree(d)
-            return t
+            return t + py.seconds
 
         def uv(tag: str) -> float:
             d = self.fresh(self.scratch / f"m5-uv-{tag}")
@@ -1108,6 +1132,15 @@ class Bench:
                  f"{_samples(t['run'])}; first (untimed) {first['run']:.2f} s",
                  base_name="uv venv + uv pip install (warm cache)",
                  target_desc=f"<= {TARGET_RUN_VS_UV}x uv (5x faster)", passed=median(t["run"]) / u <= TARGET_RUN_VS_UV)
+        budget = TARGET_RUN_VS_UV * u
+        cmd, cli = median(command[1:]), median(cli_start[1:])  # [0] is the untimed prime
+        rest = median(t["run"]) - cmd - cli
+        self.row("M5 where `vocker run`'s time goes", median(t["run"]), budget, None,
+                 f"the 5x target leaves {budget * 1000:.0f} ms for all of it; the command itself (`python -c pass` "
+                 f"of the exported venv, from disk) takes {cmd * 1000:.0f} ms and the CLI's start (`vocker "
+                 f"--version`: interpreter + imports) {cli * 1000:.0f} ms, leaving {rest * 1000:.0f} ms for the "
+                 f"mount (daemon start), unmount and exit; command samples {_samples_ms(command[1:])}; CLI start "
+                 f"samples {_samples_ms(cli_start[1:])}", base_name="5x target: 0.2x uv", target_desc="-", passed=None)
         self.row("M5 image -> `python -c pass`: vocker export + run", median(t["export"]), u, None,
                  f"`vocker export IMG DIR && DIR/bin/python -c pass` (bytecode cached); samples {_samples(t['export'])}",
                  base_name="uv venv + uv pip install (warm cache)", target_desc="-", passed=None)
