@@ -106,6 +106,7 @@ def test_a_kept_compiler_answers_in_order_and_survives_its_process_dying() -> No
 def fresh_mount(make_venv, vocker, vocker_home: Path, tmp_path: Path):
     """An image nothing was ever compiled for; the mount point to use; always unmounted."""
     venv = make_venv(tmp_path / "env", packages=("alpha==1.0", "gamma==1.0"))
+    next(venv.glob("lib/python*/site-packages/alpha")).joinpath("broken.py").write_text("def broken(:\n")
     vocker("image", "import", venv, "-t", "fresh")
     assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]
     mnt = tmp_path / "mnt"
@@ -134,6 +135,9 @@ def test_a_mount_compiles_only_what_is_imported_and_an_export_shows_its_compilin
     py = [str(mnt / "bin" / "python"), "-c", "import alpha, gamma; print(alpha.VALUE)"]
     subprocess.run(py, check=True, capture_output=True)
     assert _compiled(vocker_home, venv, "alpha") == {True}
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs WHERE NOT ok") == [(1,)]  # broken.py, recorded as such
+    site = next(mnt.glob("lib/python*/site-packages"))
+    assert sorted(os.listdir(site / "alpha" / "__pycache__")) == [f"__init__.{sys.implementation.cache_tag}.pyc"]
     assert _compiled(vocker_home, venv, "gamma/sub") == {False}  # gamma.sub was not imported
     pycache = list((vocker_home / "containers").glob("*/upper/**/__pycache__"))
     assert pycache == [], pycache  # Python found the bytecode; it wrote none of its own

@@ -257,15 +257,15 @@ class ContainerView:
                    else (lambda d=e.digest: self.store.read_blob(d))  # type: ignore[misc]
                    for name, e in sources.items()}
         where = "/".join(src_dir)
-        with self._compile_lock, self.store.lock_shared(blocking=False) as got:
-            if not got:  # gc is running: it would delete blobs it does not see recorded yet
-                log.warning("not compiling bytecode for %s while gc runs", where)
-                return False
-            try:
+        try:
+            with self._compile_lock, self.store.lock_shared(blocking=False) as got:
+                if not got:  # gc is running: it would delete blobs it does not see recorded yet
+                    log.warning("not compiling bytecode for %s while gc runs", where)
+                    return False
                 bytecode.ensure_cached(self.store, self.facts.magic, self._compiler, readers)
-            except Exception as exc:  # a cache: the import still works without it
-                log.warning("cannot compile or cache bytecode for %s: %s", where, exc)
-                return False
+        except Exception as exc:  # a cache: the import still works without it
+            log.warning("cannot compile or cache bytecode for %s: %s", where, exc)
+            return False
         return True
 
     def _lower(self, parts: Parts) -> Lower | None:
