@@ -3,12 +3,15 @@ progress while an export compiles, and a mount that compiles only what is import
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import pty
 import select
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from mounthelp import force_cleanup, query
 from vocker import locking
 from vocker.bytecode import Compiler, compile_sources, shipped_mtime
 from vocker.digest import digest_bytes
+from vocker.errors import VockerError
 
 
 class RecordingReporter:
@@ -102,6 +106,26 @@ def test_a_kept_compiler_answers_in_order_and_survives_its_process_dying() -> No
     assert proc is not None and proc.poll() is not None  # closing ends the process
 
 
+def test_a_source_the_compiler_dies_on_counts_as_not_compiling_but_a_broken_compiler_is_an_error(
+        tmp_path: Path) -> None:
+    fake = tmp_path / "python"  # a Python whose compile() dies on one source, mid-answer
+    fake.write_text(f"#!{sys.executable}\nimport builtins, os, sys\nreal = builtins.compile\n"
+                    "def compile(source, *args, **kwargs):\n"
+                    "    if b'KILLS THE COMPILER' in source:\n        os._exit(3)\n"
+                    "    return real(source, *args, **kwargs)\n"
+                    "builtins.compile = compile\nexec(sys.argv[-1])\n")
+    fake.chmod(0o755)
+    compiler = Compiler(str(fake))
+    try:
+        good, bad, after = compiler([b"x = 1\n", b"# KILLS THE COMPILER\n", b"y = 2\n"])
+        assert bad is None and good is not None and after is not None  # its neighbours still compile
+    finally:
+        compiler.close()
+    for broken in ("/bin/false", str(tmp_path / "missing")):  # never answers; cannot start
+        with pytest.raises(VockerError):  # not "does not compile": that would be recorded for good
+            Compiler(broken)([b"x = 1\n"])
+
+
 @pytest.fixture
 def fresh_mount(make_venv, vocker, vocker_home: Path, tmp_path: Path):
     """An image nothing was ever compiled for; the mount point to use; always unmounted."""
@@ -133,7 +157,8 @@ def test_a_mount_compiles_only_what_is_imported_and_an_export_shows_its_compilin
     assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]  # a first mount compiles nothing
 
     py = [str(mnt / "bin" / "python"), "-c", "import alpha, gamma; print(alpha.VALUE)"]
-    subprocess.run(py, check=True, capture_output=True)
+    writes = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    subprocess.run(py, check=True, capture_output=True, env=writes)  # a rejected pyc would be rewritten
     assert _compiled(vocker_home, venv, "alpha") == {True}
     assert query(vocker_home, "SELECT COUNT(*) FROM pycs WHERE NOT ok") == [(1,)]  # broken.py, recorded as such
     site = next(mnt.glob("lib/python*/site-packages"))
@@ -158,7 +183,24 @@ def test_a_mount_leaves_compiling_to_python_while_gc_holds_the_store(
     assert _compiled(vocker_home, venv, "gamma") == {False}
     log = next((vocker_home / "containers").glob("*/daemon.log")).read_text()
     assert "not compiling bytecode for" in log and "while gc runs" in log, log
-    vocker("unmount", mnt)
-    vocker("mount", "fresh", mnt)  # a later mount compiles as usual
-    subprocess.run([str(mnt / "bin" / "python"), "-c", "import gamma.sub.mod1"], check=True)
+    # the same mount compiles once gc is done (mod1's pyc stays in the kernel's negative cache)
+    subprocess.run([str(mnt / "bin" / "python"), "-c", "import gamma.sub.mod2"], check=True)
     assert _compiled(vocker_home, venv, "gamma/sub") == {True}
+
+
+def test_a_busy_store_database_delays_an_import_through_a_mount_by_seconds_at_most(
+        fresh_mount, vocker, vocker_home: Path) -> None:
+    venv, mnt = fresh_mount
+    vocker("mount", "fresh", mnt)
+    with contextlib.closing(sqlite3.connect(vocker_home / "vocker.db", isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")  # another writer that does not finish
+        try:
+            started = time.monotonic()
+            subprocess.run([str(mnt / "bin" / "python"), "-c", "import alpha"], check=True)
+            took = time.monotonic() - started
+        finally:
+            db.execute("ROLLBACK")
+    assert took < 30, took  # a hang check (the store's own wait for writers is 60 s), not a speed target
+    log = next((vocker_home / "containers").glob("*/daemon.log")).read_text()
+    assert "cannot compile or cache bytecode for" in log and "locked" in log, log
+    assert _compiled(vocker_home, venv, "alpha") == {False}

@@ -114,7 +114,11 @@ def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
 class Compiler:
     """One compiler process kept for a mount, which compiles a directory's sources when
     Python first looks into its ``__pycache__`` (a process per directory would add ~20 ms
-    to each). Thread-safe; the process ends with the mount (EOF on its stdin)."""
+    to each). Thread-safe; the process ends with the mount (EOF on its stdin).
+
+    A source the process dies on twice counts as one that does not compile, so one bad
+    file cannot keep its directory from being cached; a process that cannot start is
+    an error (nothing is recorded then)."""
 
     def __init__(self, python: str) -> None:
         self.python = python
@@ -123,25 +127,38 @@ class Compiler:
 
     def __call__(self, sources: list[bytes]) -> list[bytes | None]:
         with self._lock:
-            try:
-                return self._compile(sources)
-            except (OSError, ValueError, struct.error) as exc:  # died or garbled: the next call starts anew
-                self._stop()
-                raise VockerError(f"compiling bytecode with {self.python} failed: {exc}") from None
+            return [self._compile_retrying(source) for source in sources]
 
-    def _compile(self, sources: list[bytes]) -> list[bytes | None]:
+    def _compile_retrying(self, source: bytes) -> bytes | None:
+        for _ in range(2):
+            try:
+                return self._compile(self._running(), source)
+            except (OSError, ValueError, struct.error):  # died, or garbled: the next try starts anew
+                self._stop()
+        try:  # this source, or any? Only a working compiler may record that a source does not compile.
+            self._compile(self._running(), b"")
+        except (OSError, ValueError, struct.error):
+            self._stop()
+            raise VockerError(f"{self.python} does not work as a bytecode compiler") from None
+        return None
+
+    def _running(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen(_worker_command(self.python), stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        stdin, stdout = self._proc.stdin, self._proc.stdout
-        assert stdin is not None and stdout is not None
-        out: list[bytes | None] = []
-        for source in sources:  # one at a time: a batch could fill both pipes and deadlock
-            stdin.write(_frames([source]))
-            stdin.flush()
-            (n,) = struct.unpack("<i", _read_exactly(stdout, 4))
-            out.append(None if n < 0 else _read_exactly(stdout, n))
-        return out
+            try:
+                self._proc = subprocess.Popen(_worker_command(self.python), stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            except OSError as exc:
+                raise VockerError(f"cannot start {self.python} to compile bytecode: {exc.strerror or exc}") from None
+        return self._proc
+
+    @staticmethod
+    def _compile(proc: subprocess.Popen[bytes], source: bytes) -> bytes | None:
+        """One source at a time: a batch could fill both pipes and deadlock."""
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_frames([source]))
+        proc.stdin.flush()
+        (n,) = struct.unpack("<i", _read_exactly(proc.stdout, 4))
+        return None if n < 0 else _read_exactly(proc.stdout, n)
 
     def _stop(self) -> None:
         if self._proc is not None:
@@ -155,10 +172,8 @@ class Compiler:
             if self._proc is not None:
                 with contextlib.suppress(OSError):
                     self._proc.stdin.close()  # type: ignore[union-attr]
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
                 self._stop()
 
 
@@ -170,13 +185,14 @@ def _read_exactly(f: IO[bytes], n: int) -> bytes:
 
 
 def ensure_cached(store: "Store", magic: str, compile: Callable[[list[bytes]], list[bytes | None]],
-                  sources: dict[str, Callable[[], bytes]]) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
+                  sources: dict[str, Callable[[], bytes]], wait_ms: int | None = None,
+                  ) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
     """Make the store hold bytecode for every source digest in ``sources`` (digest -> reader).
 
     ``compile`` turns sources into bodies (``compile_sources`` for a batch, a ``Compiler``
     for a mount). Returns (cached: digest -> pyc blob or None, fresh: digest -> body or
     None for what was compiled now). None marks a source that does not compile with
-    this interpreter.
+    this interpreter. ``wait_ms`` bounds the wait for another writer of the store.
     """
     known = store.cached_pycs(magic, sources)
     store.blob_infos(d for d in known.values() if d is not None)
@@ -197,7 +213,8 @@ def ensure_cached(store: "Store", magic: str, compile: Callable[[list[bytes]], l
     if todo:
         fresh = dict(zip(todo, compile(texts)))
         store.put_blobs({digest_bytes(b): b for b in fresh.values() if b is not None},
-                        pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}))
+                        pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}),
+                        **({} if wait_ms is None else {"wait_ms": wait_ms}))
     return known, fresh
 
 

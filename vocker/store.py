@@ -169,8 +169,11 @@ class Store:
         with self._cache_lock:
             self._chunks.pop(digest, None)
 
-    def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None) -> None:
-        """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them."""
+    def put_blobs(self, datas: dict[str, bytes], pycs: tuple[str, dict[str, str | None]] | None = None,
+                  wait_ms: int = db.BUSY_MS) -> None:
+        """Store contents (digest -> bytes) durably, optionally with pyc cache rows naming them.
+
+        ``wait_ms``: how long to wait for another writer (as ``write``)."""
         with self.read() as conn:
             present = {r[0] for r in db.select_in(conn, "SELECT digest FROM blobs WHERE digest IN ({})", datas)}
         staged = [self.blobs.stage(d, data) for d, data in datas.items() if d not in present]
@@ -179,7 +182,7 @@ class Store:
         except BaseException:
             self.blobs.discard(staged)
             raise
-        with self.write() as conn:
+        with self.write(wait_ms=wait_ms) as conn:
             self.record_staged(conn, staged)
             if pycs is not None:
                 self.record_pycs(conn, *pycs)

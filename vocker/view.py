@@ -25,6 +25,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
@@ -41,6 +42,12 @@ from .store import Store
 from .tree import Entry, Kind
 
 log = logging.getLogger("vocker.view")
+
+#: A mount compiles bytecode inside a lookup: it waits this long for another writer of
+#: the store, then lets Python compile instead.
+COMPILE_WAIT_MS = 2000
+#: After a failed compile, a directory's listing tries again no sooner than this.
+COMPILE_RETRY_SECONDS = 30.0
 
 Parts = tuple[str, ...]
 WHITEOUT = ".wh."
@@ -194,6 +201,7 @@ class ContainerView:
         self._pycs = facts is not None and interpreter is not None
         self._compiler = bytecode.Compiler(interpreter["executable"]) if self._pycs else None  # type: ignore[index]
         self._compile_lock = threading.Lock()
+        self._compile_retry: dict[Parts, float] = {}  # source dir -> when a failed compile may be tried again
         #: Called with the other names of a hard-linked upper file after it changed, so
         #: the driver can drop the kernel's cached pages and attributes for them.
         self.invalidate: Callable[[Parts], None] | None = None
@@ -222,24 +230,32 @@ class ContainerView:
             children.setdefault(name, extra)  # the image's own file wins
         for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
             children.setdefault(sub, Lower(Kind.DIR))
+        complete = True
         if node.pyc_dir is not None:
-            children.update(self._pyc_nodes(node.pyc_dir))
+            pycs, complete = self._pyc_nodes(node.pyc_dir)
+            children.update(pycs)
         elif self._pycs and "__pycache__" not in children and any(
                 e.name.endswith(".py") and not e.template and e.kind is Kind.FILE for e in entries) and \
                 bytecode.in_lib(parts, self.facts.lib):  # type: ignore[union-attr]
             children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
+        if not complete:  # listed again on its next lookup, when the compile may succeed
+            return children
         if len(self._children) > 100_000:
             self._children.clear()
         self._children[parts] = children
         return children
 
-    def _pyc_nodes(self, src_dir: Parts) -> dict[str, Lower]:
+    def _pyc_nodes(self, src_dir: Parts) -> tuple[dict[str, Lower], bool]:
+        """The pycs of a directory's sources, compiling what the store lacks; and whether
+        that listing is final (False: a compile was skipped or failed, try again later)."""
         assert self.facts is not None
         sources = {e.name: e for e in self.store.tree(self._lower(src_dir).entry.digest).entries  # type: ignore[union-attr,arg-type]
                    if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
         digests = {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
         bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
-        if len(bodies) < len(set(digests.values())) and self._compile_missing(src_dir, sources, digests):
+        complete = True
+        if len(bodies) < len(set(digests.values())):
+            complete = self._compile_missing(src_dir, sources, digests)
             bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
         out = {}
         for name, d in digests.items():
@@ -247,12 +263,15 @@ class ContainerView:
                 pyc_digest, size = bodies[d]
                 out[bytecode.pyc_name(name, self.facts.cache_tag)] = Lower(
                     Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
-        return out
+        return out, complete
 
     def _compile_missing(self, src_dir: Parts, sources: dict[str, Entry], digests: dict[str, str]) -> bool:
         """Compile and cache what the store has no bytecode for (once per source and Python,
-        for every image); False when nothing could be (Python then compiles in the process)."""
+        for every image); False when that was skipped or failed (Python then compiles in
+        the process, and a later listing tries again)."""
         assert self.facts is not None and self._compiler is not None
+        if time.monotonic() < self._compile_retry.get(src_dir, 0.0):
+            return False
         readers = {digests[name]: (lambda data=e.inline: data) if e.inline is not None
                    else (lambda d=e.digest: self.store.read_blob(d))  # type: ignore[misc]
                    for name, e in sources.items()}
@@ -262,9 +281,11 @@ class ContainerView:
                 if not got:  # gc is running: it would delete blobs it does not see recorded yet
                     log.warning("not compiling bytecode for %s while gc runs", where)
                     return False
-                bytecode.ensure_cached(self.store, self.facts.magic, self._compiler, readers)
+                bytecode.ensure_cached(self.store, self.facts.magic, self._compiler, readers,
+                                       wait_ms=COMPILE_WAIT_MS)
         except Exception as exc:  # a cache: the import still works without it
             log.warning("cannot compile or cache bytecode for %s: %s", where, exc)
+            self._compile_retry[src_dir] = time.monotonic() + COMPILE_RETRY_SECONDS
             return False
         return True
 
@@ -743,7 +764,14 @@ class ContainerView:
             raise
         return detached
 
+    def _list_before_locking(self, parts: Parts) -> None:
+        """Listing a __pycache__ for the first time may compile: do it before _mutating
+        holds every change to the container."""
+        with contextlib.suppress(OSError):
+            self._lower_children(parts)
+
     def rmdir(self, parts: Parts) -> None:
+        self._list_before_locking(parts)
         with self._mutating():
             self._writable(parts)
             if not parts:
@@ -761,6 +789,7 @@ class ContainerView:
                 self._whiteout(parts)
 
     def rename(self, old: Parts, new: Parts) -> None:
+        self._list_before_locking(new)
         with self._mutating():
             self._writable(old)
             self._check_new_name(new)
