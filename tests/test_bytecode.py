@@ -21,6 +21,7 @@ from vocker import locking
 from vocker.bytecode import Compiler, compile_sources, shipped_mtime
 from vocker.digest import digest_bytes
 from vocker.errors import VockerError
+from vocker.view import COMPILE_MAX_BYTES
 
 
 class RecordingReporter:
@@ -130,7 +131,9 @@ def test_a_source_the_compiler_dies_on_counts_as_not_compiling_but_a_broken_comp
 def fresh_mount(make_venv, vocker, vocker_home: Path, tmp_path: Path):
     """An image nothing was ever compiled for; the mount point to use; always unmounted."""
     venv = make_venv(tmp_path / "env", packages=("alpha==1.0", "gamma==1.0"))
-    next(venv.glob("lib/python*/site-packages/alpha")).joinpath("broken.py").write_text("def broken(:\n")
+    alpha = next(venv.glob("lib/python*/site-packages/alpha"))
+    alpha.joinpath("broken.py").write_text("def broken(:\n")
+    alpha.joinpath("huge.py").write_text("VALUE = 1\n" * 120_000)  # over COMPILE_MAX_BYTES
     vocker("image", "import", venv, "-t", "fresh")
     assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]
     mnt = tmp_path / "mnt"
@@ -159,12 +162,17 @@ def test_a_mount_compiles_only_what_is_imported_and_an_export_shows_its_compilin
     py = [str(mnt / "bin" / "python"), "-c", "import alpha, gamma; print(alpha.VALUE)"]
     writes = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
     subprocess.run(py, check=True, capture_output=True, env=writes)  # a rejected pyc would be rewritten
-    assert _compiled(vocker_home, venv, "alpha") == {True}
+    huge = next(venv.glob("lib/python*/site-packages/alpha/huge.py"))
+    assert huge.stat().st_size > COMPILE_MAX_BYTES
+    assert _compiled(vocker_home, venv, "alpha") == {True, False}
+    assert digest_bytes(huge.read_bytes()) not in {r[0] for r in query(vocker_home, "SELECT source FROM pycs")}
     assert query(vocker_home, "SELECT COUNT(*) FROM pycs WHERE NOT ok") == [(1,)]  # broken.py, recorded as such
     site = next(mnt.glob("lib/python*/site-packages"))
     assert sorted(os.listdir(site / "alpha" / "__pycache__")) == [f"__init__.{sys.implementation.cache_tag}.pyc"]
+    assert subprocess.run([str(mnt / "bin" / "python"), "-c", "import alpha.huge as h; print(h.VALUE)"],
+                          check=True, capture_output=True, text=True).stdout == "1\n"  # Python compiles it
     assert _compiled(vocker_home, venv, "gamma/sub") == {False}  # gamma.sub was not imported
-    pycache = list((vocker_home / "containers").glob("*/upper/**/__pycache__"))
+    pycache = list((vocker_home / "containers").glob("*/upper/**/__pycache__/*.pyc"))
     assert pycache == [], pycache  # Python found the bytecode; it wrote none of its own
 
     code, shown = run_on_a_terminal([str(vocker.exe), "export", "fresh", str(tmp_path / "out")], env)

@@ -48,6 +48,10 @@ log = logging.getLogger("vocker.view")
 COMPILE_WAIT_MS = 2000
 #: After a failed compile, a directory's listing tries again no sooner than this.
 COMPILE_RETRY_SECONDS = 30.0
+#: A mount compiles a directory's sources together when Python first looks into its
+#: __pycache__; bigger sources (a few generated modules) would hold that lookup for
+#: seconds even when nobody imports them, so Python compiles those itself if it does.
+COMPILE_MAX_BYTES = 1 << 20
 
 Parts = tuple[str, ...]
 WHITEOUT = ".wh."
@@ -274,7 +278,9 @@ class ContainerView:
             return False
         readers = {digests[name]: (lambda data=e.inline: data) if e.inline is not None
                    else (lambda d=e.digest: self.store.read_blob(d))  # type: ignore[misc]
-                   for name, e in sources.items()}
+                   for name, e in sources.items() if e.size <= COMPILE_MAX_BYTES}
+        if not readers:
+            return True
         where = "/".join(src_dir)
         try:
             with self._compile_lock, self.store.lock_shared(blocking=False) as got:
