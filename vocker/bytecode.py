@@ -24,6 +24,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Callable, Iterable
 
+from . import db
 from .digest import digest_bytes
 from .errors import VockerError
 from .parallel import pmap
@@ -64,7 +65,7 @@ def compile_sources(python: str, sources: list[bytes], jobs: int | None = None,
 
     Compiling runs no code from the sources. -I -S keeps the interpreter from loading
     anything from any environment. ``reporter`` counts source bytes compiled (the first
-    mount of a large image compiles thousands of sources: ~10 s).
+    export of a large image compiles thousands of sources: ~10 s).
     """
     if not sources:
         return []
@@ -185,7 +186,7 @@ def _read_exactly(f: IO[bytes], n: int) -> bytes:
 
 
 def ensure_cached(store: "Store", magic: str, compile: Callable[[list[bytes]], list[bytes | None]],
-                  sources: dict[str, Callable[[], bytes]], wait_ms: int | None = None,
+                  sources: dict[str, Callable[[], bytes]], wait_ms: int = db.BUSY_MS,
                   ) -> tuple[dict[str, str | None], dict[str, bytes | None]]:
     """Make the store hold bytecode for every source digest in ``sources`` (digest -> reader).
 
@@ -214,7 +215,7 @@ def ensure_cached(store: "Store", magic: str, compile: Callable[[list[bytes]], l
         fresh = dict(zip(todo, compile(texts)))
         store.put_blobs({digest_bytes(b): b for b in fresh.values() if b is not None},
                         pycs=(magic, {d: (digest_bytes(b) if b is not None else None) for d, b in fresh.items()}),
-                        **({} if wait_ms is None else {"wait_ms": wait_ms}))
+                        wait_ms=wait_ms)
     return known, fresh
 
 

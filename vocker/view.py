@@ -260,7 +260,8 @@ class ContainerView:
         complete = True
         if len(bodies) < len(set(digests.values())):
             complete = self._compile_missing(src_dir, sources, digests)
-            bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
+            if complete:  # else nothing was stored: no need to ask again
+                bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
         out = {}
         for name, d in digests.items():
             if d in bodies:
