@@ -25,7 +25,7 @@ from .digest import digest_bytes
 from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
 from .home import default_home
 from .manifest import Manifest
-from .tree import Kind, Tree
+from .tree import Entry, Kind, Tree
 
 
 def _read_only(path: Path) -> bool:
@@ -130,6 +130,23 @@ class Store:
             wanted = [d for d in digests if d not in self._infos]
         if wanted:
             self.blob_infos(wanted)
+
+    def content_info(self, entry: "Entry") -> BlobInfo:
+        """The blob of a file entry, which must hold exactly the size the entry records: a
+        tree that claims another size is corrupt (a mount and an export would disagree)."""
+        assert entry.digest is not None
+        info = self.blob_info(entry.digest)
+        if info.size != entry.size:
+            raise IntegrityError(f"corrupt tree: {entry.name!r} records {entry.size} bytes, "
+                                 f"its blob {entry.digest} holds {info.size}")
+        return info
+
+    def read_content(self, entry: "Entry") -> bytes:
+        """A file entry's stored bytes (inlined or its blob), verified (not rendered)."""
+        if entry.inline is not None:
+            return entry.inline
+        assert entry.digest is not None
+        return self.read_blob(entry.digest, self.content_info(entry))
 
     def read_blob(self, digest: str, info: BlobInfo | None = None) -> bytes:
         """A blob's verified content: checked against its chunk digests when recorded, else its sha256."""
@@ -331,7 +348,9 @@ class Store:
         """
         image_id = self.resolve(ref)
         tag = refs.normalize_tag(ref) if self._is_tag(ref) else None
-        with self.write() as conn:
+        # gc holds the lock exclusively from reading the images to deleting what they do not
+        # need: removing one under it would make gc find a manifest gone and stop.
+        with self.lock_shared(), self.write() as conn:
             names = [r[0] for r in conn.execute("SELECT name FROM tags WHERE image_id = ?", (image_id,))]
             if tag is not None and len(names) > 1:
                 conn.execute("DELETE FROM tags WHERE name = ?", (tag,))

@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 import threading
@@ -32,7 +33,7 @@ from typing import Callable, Iterator, Union
 import attrs
 from cachetools import LRUCache
 
-from . import bytecode, template
+from . import bytecode, template, walk
 from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
 from .errors import VockerError
 from .manifest import Manifest
@@ -69,6 +70,28 @@ def _err(code: int, parts: Parts = ()) -> OSError:
     return OSError(code, os.strerror(code), "/" + "/".join(parts))
 
 
+def _refuse_escaping(node: "Lower", parts: Parts) -> None:
+    if node.escapes:
+        log.error("unsafe symlink in image, not served: %s -> %s", "/".join(parts), node.target)
+        raise _err(errno.EIO, parts)
+
+
+def errno_of(exc: Exception, operation: str) -> int:
+    """The errno a driver answers for an exception of a view call.
+
+    A damaged store (a corrupt or hostile tree, a malformed database) is EIO with one log
+    line naming what is wrong, never EINVAL and a traceback; an unexpected exception is a
+    bug, logged with its traceback, and EIO too.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno or errno.EIO
+    if isinstance(exc, (VockerError, sqlite3.Error)):
+        log.error("%s: %s", operation, exc)
+    else:
+        log.exception("%s: internal error", operation)
+    return errno.EIO
+
+
 @attrs.frozen
 class Lower:
     """A node of the read-only layer: stored (``entry``) or generated (``data``/``target``)."""
@@ -82,6 +105,8 @@ class Lower:
     pyc_dir: Parts | None = None
     #: for a generated pyc: (pyc body digest, body size, source size)
     pyc: tuple[str, int, int] | None = None
+    #: a stored symlink that points out of the image: never served (EIO), as export refuses it
+    escapes: bool = False
 
 
 @attrs.define
@@ -229,7 +254,7 @@ class ContainerView:
         if node.entry is not None:
             entries = self.store.tree(node.entry.digest).entries  # type: ignore[arg-type]
             for e in entries:
-                children[e.name] = Lower(e.kind, executable=e.executable, entry=e, target=e.target)
+                children[e.name] = self._lower_entry(parts, e)
         for name, extra in self._virtual.get(parts, {}).items():
             children.setdefault(name, extra)  # the image's own file wins
         for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
@@ -248,6 +273,13 @@ class ContainerView:
             self._children.clear()
         self._children[parts] = children
         return children
+
+    def _lower_entry(self, parts: Parts, e: Entry) -> Lower:
+        if e.kind is Kind.SYMLINK and walk.escapes(parts + (e.name,), e.target or ""):
+            if self.audit:  # shown, never followed
+                return Lower(Kind.FILE, data=walk.link_placeholder(e.target or ""))
+            return Lower(Kind.SYMLINK, entry=e, target=e.target, escapes=True)
+        return Lower(e.kind, executable=e.executable, entry=e, target=e.target)
 
     def _pyc_nodes(self, src_dir: Parts) -> tuple[dict[str, Lower], bool]:
         """The pycs of a directory's sources, compiling what the store lacks; and whether
@@ -277,8 +309,7 @@ class ContainerView:
         assert self.facts is not None and self._compiler is not None
         if time.monotonic() < self._compile_retry.get(src_dir, 0.0):
             return False
-        readers = {digests[name]: (lambda data=e.inline: data) if e.inline is not None
-                   else (lambda d=e.digest: self.store.read_blob(d))  # type: ignore[misc]
+        readers = {digests[name]: (lambda e=e: self.store.read_content(e))  # type: ignore[misc]
                    for name, e in sources.items() if e.size <= COMPILE_MAX_BYTES}
         if not readers:
             return True
@@ -318,14 +349,17 @@ class ContainerView:
         """Whole content of a small or generated file (verified, rendered)."""
         if node.data is not None:
             return node.data
-        key: str
-        if node.pyc is not None:
-            key = "pyc:" + node.pyc[0]
+        key: tuple[object, ...]
+        if node.pyc is not None:  # the header names the source's size: one body, many pycs
+            key = ("pyc", node.pyc[0], node.pyc[2])
         else:
             assert node.entry is not None
-            key = (node.entry.digest or "") + ("+tpl" if node.entry.template else "")
             if node.entry.inline is not None and not node.entry.template:
                 return node.entry.inline
+            # What identifies the bytes: the stored content (its digest, or the inlined bytes
+            # themselves, which have no digest) and whether it is rendered. The rendering's
+            # other inputs (mount point, audit) are fixed for a view, and so is this cache.
+            key = ("file", node.entry.digest or node.entry.inline, node.entry.template)
         with self._contents_lock:
             hit = self._contents.get(key)
         if hit is not None:
@@ -337,8 +371,9 @@ class ContainerView:
                     self.store.read_blob(node.pyc[0])
             else:
                 e = node.entry
-                raw = e.inline if e.inline is not None else self.store.read_blob(e.digest)  # type: ignore[union-attr,arg-type]
-                if e.template:  # type: ignore[union-attr]
+                assert e is not None
+                raw = self.store.read_content(e)
+                if e.template:
                     parts = template.decode(raw)
                     data = template.render_placeholders(parts) if self.audit else template.render(parts, self.root_bytes)
                 else:
@@ -346,7 +381,7 @@ class ContainerView:
         except VockerError as exc:
             log.error("%s", exc)  # names the digest: the operator can run vocker verify
             raise _err(errno.EIO) from None
-        if key and len(data) <= SMALL:
+        if len(data) <= SMALL:
             with self._contents_lock:
                 self._contents[key] = data
         return data
@@ -371,7 +406,7 @@ class ContainerView:
             return _LowerHandle(self._small_content(node), None)
         assert e.digest is not None
         try:
-            info = self.store.blob_info(e.digest)
+            info = self.store.content_info(e)
             chunks = self.store.blob_chunks(info)
             return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec, info.size, chunks, self._chunk_cache))
         except (VockerError, OSError) as exc:
@@ -464,6 +499,7 @@ class ContainerView:
             return Attr.of(os.lstat(self._upath(parts)))
         node = found.lower
         assert node is not None
+        _refuse_escaping(node, parts)
         if node.kind is Kind.DIR:
             mode = stat.S_IFDIR | 0o755
         elif node.kind is Kind.SYMLINK:
@@ -496,6 +532,7 @@ class ContainerView:
             return os.readlink(self._upath(parts))
         if found.lower is None or found.lower.kind is not Kind.SYMLINK:
             raise _err(errno.EINVAL, parts)
+        _refuse_escaping(found.lower, parts)
         return found.lower.target or ""
 
     def open(self, parts: Parts, flags: int) -> int:
@@ -588,6 +625,7 @@ class ContainerView:
             return
         node = found.lower
         assert node is not None and self.work is not None
+        _refuse_escaping(node, parts)
         self._ensure_upper_dir(parts[:-1])
         target = self._upath(parts)
         if node.kind is Kind.DIR:
