@@ -20,7 +20,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # both libfuse2 and 3 may b
 
 import mfusepy as fuse  # noqa: E402
 
-from vocker.view import ContainerView, Detached, split  # noqa: E402
+from vocker.view import ContainerView, Detached, errno_of, split  # noqa: E402
 
 CACHE_SECONDS = 60
 #: libfuse renames a file removed while open (or renamed over while open) to this name
@@ -42,15 +42,16 @@ MAX_IDLE_THREADS = 16
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """OSError -> FuseOSError with the same errno (mfusepy logs other exceptions as EINVAL)."""
+    """Exceptions -> FuseOSError with the view's errno (mfusepy would answer EINVAL and log a
+    traceback for anything but an OSError)."""
     def wrapped(*args: Any) -> Any:
         if not getattr(_pinned, "done", False):
             _gil_ensure()
             _pinned.done = True
         try:
             return fn(*args)
-        except OSError as exc:
-            raise fuse.FuseOSError(exc.errno or 5) from None
+        except Exception as exc:
+            raise fuse.FuseOSError(errno_of(exc, fn.__name__)) from None
     wrapped.__name__ = fn.__name__
     return wrapped
 
