@@ -25,6 +25,7 @@ from .progress import NullReporter, Reporter
 from .pythons import find_interpreter
 from .scaffold import Link, scaffold
 from .store import Store
+from .ui import human_size
 from .tree import Entry, Kind
 
 Rel = tuple[str, ...]
@@ -62,24 +63,27 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.vocker-", dir=dest.parent))
     try:
         with store.lock_shared():
-            files: list[tuple[Rel, Entry]] = []
+            entries = list(walk.iter_entries(store, walk.single_layer(manifest.layers)))  # within its limits
+            files: list[tuple[Rel, Entry]] = [(rel, e) for rel, e in entries if e.kind is Kind.FILE]
+            _check_space(tmp, sum(e.size for _, e in files), len(entries))
             base = str(tmp)
-            for rel, entry in walk.iter_entries(store, walk.single_layer(manifest.layers)):
+            for rel, entry in entries:
                 target = os.path.join(base, *rel)
                 if entry.kind is Kind.DIR:
                     os.mkdir(target, 0o755)
                 elif entry.kind is Kind.SYMLINK:
                     assert entry.target is not None
-                    walk.check_link(rel, entry.target)
-                    os.symlink(entry.target, target)
-                else:
-                    files.append((rel, entry))
+                    if audit and walk.escapes(rel, entry.target):
+                        _write_file(target, walk.link_placeholder(entry.target), 0o644, mtime_ns)
+                    else:
+                        walk.check_link(rel, entry.target)
+                        os.symlink(entry.target, target)
             reporter.begin(f"Exporting {ref}", sum(e.size for _, e in files))
             store.blob_infos(e.digest for _, e in files if e.digest is not None)  # one query, not one per file
 
             def write(item: tuple[Rel, Entry]) -> None:
                 rel, entry = item
-                data = entry.inline if entry.inline is not None else store.read_blob(entry.digest)  # type: ignore[arg-type]
+                data = store.read_content(entry)
                 if entry.template:
                     parts = template.decode(data)
                     data = template.render_placeholders(parts) if audit else template.render(parts, root)
@@ -114,6 +118,23 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
         raise
     return ExportResult(image_id, dest, len(files), sum(e.size for _, e in files), pycs, compiled,
                         interpreter["executable"] if interpreter else None, time.perf_counter() - started)
+
+
+def _check_space(where: Path, size: int, entries: int) -> None:
+    """Refuse before writing anything when the image cannot fit (its files, plus a block per
+    entry): a tiny tree of repeated directories can name terabytes."""
+    try:
+        st = os.statvfs(where)
+    except (OSError, AttributeError):
+        return
+    need = size + entries * st.f_frsize
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise VockerError(f"the image needs {human_size(need)} and {where.parent} has {human_size(free)} free; "
+                          "nothing was written")
+    if entries > st.f_favail and st.f_files:
+        raise VockerError(f"the image has {entries:,} entries and {where.parent} has room for {st.f_favail:,} more; "
+                          "nothing was written")
 
 
 def _write_file(path: str | Path, data: bytes, mode: int, mtime_ns: int | None = None) -> None:

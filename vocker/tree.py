@@ -21,6 +21,10 @@ TREE_VERSION = 1
 #: Files up to this size are stored inside their directory's node: it saves a blob
 #: file (and an fsync) for the many empty or tiny files of a venv. Part of the format.
 INLINE_MAX = 256
+#: Limits of what an image may expand to (checked wherever it is expanded, e.g. an export):
+#: identical directories are stored once, so a tiny tree can name billions of files.
+MAX_ENTRIES = 1_000_000
+MAX_DEPTH = 256
 
 
 class Kind(str, enum.Enum):
