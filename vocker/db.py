@@ -105,6 +105,7 @@ BUSY_MS = 60_000
 
 Error = sqlite3.Error
 OperationalError = sqlite3.OperationalError
+DatabaseError = sqlite3.DatabaseError
 
 
 class Database:

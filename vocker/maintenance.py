@@ -56,7 +56,8 @@ def reach(store: Store, image_id: str) -> Reach:
             elif e.kind is Kind.FILE:
                 if e.digest is not None:
                     out.blobs.add(e.digest)
-                    out.contents[e.digest] = e.size
+                    if out.contents.setdefault(e.digest, e.size) != e.size:
+                        out.broken[e.digest] = ("blob", f"tree entries record different sizes for blob {e.digest}")
                 else:
                     out.contents[digest_bytes(e.inline or b"")] = e.size
     return out
@@ -70,6 +71,8 @@ class Problem:
     images: tuple[str, ...]  # display names of the affected images
 
     def line(self) -> str:
+        if self.kind == "database":
+            return f"{self.reason} ({self.digest}) — affects every image"
         affected = ", ".join(self.images) if self.images else "no image (bytecode cache only)"
         reason = self.reason if self.digest in self.reason else f"{self.kind} {self.digest}: {self.reason}"
         return f"{reason} — affects {affected}"
@@ -79,9 +82,27 @@ def _display(store: Store) -> dict[str, str]:
     return {r.id: (", ".join(r.tags) + f" ({short(r.id)})" if r.tags else short(r.id)) for r in store.images()}
 
 
+def database_problems(store: Store, most: int = 20) -> list[str]:
+    """What SQLite's own check finds wrong in the store database (a damaged page or index
+    would otherwise go unnoticed until some query meets it)."""
+    with store.read() as conn:
+        rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(most)})")]
+    return [] if rows == ["ok"] else [f"store database is damaged: {r}" for r in rows]
+
+
 def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Problem]]:
-    """Re-hash every object reachable from an image (and every cached pyc). Returns (checked, problems)."""
-    reporter = reporter or NullReporter()
+    """Check the database, then re-hash every object reachable from an image (and every
+    cached pyc). Returns (checked, problems)."""
+    where = str(store.database.path)
+    try:
+        damaged = [Problem("database", where, reason, ()) for reason in database_problems(store)]
+        checked, problems = _verify_objects(store, reporter or NullReporter())
+    except db.DatabaseError as exc:  # too damaged to read on
+        return 0, [Problem("database", where, f"store database is damaged: {exc}", ())]
+    return checked, damaged + problems
+
+
+def _verify_objects(store: Store, reporter: Reporter) -> tuple[int, list[Problem]]:
     names = _display(store)
     reaches = {image_id: reach(store, image_id) for image_id in names}
     with store.read() as conn:
@@ -122,6 +143,12 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
         if missing:  # a cache: a store that cannot take it now is still verified
             with contextlib.suppress(db.Error), store.write() as conn:
                 store.record_chunks(conn, missing)
+    for r in reaches.values():
+        for digest in r.blobs:
+            info = rows.get(digest)
+            if info is not None and info.size != r.contents[digest] and digest not in broken:
+                broken[digest] = ("blob", f"tree entries record {r.contents[digest]} bytes for blob {digest}, "
+                                          f"which holds {info.size}")
     problems = []
     for digest, (kind, reason) in sorted(broken.items()):
         affected = tuple(sorted(names[i] for i, r in reaches.items()
@@ -151,6 +178,11 @@ def gc(store: Store) -> GcResult:
     contents = set().union(*(r.contents for r in reaches)) if reaches else set()  # digests
     manifests = {r.id for r in store.images()}
     with store.write() as conn:
+        rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
+        unrecorded = sorted(blobs - set(rows))
+        if unrecorded:  # their files look like orphans: deleting them would lose what an image needs
+            raise IntegrityError(f"the store is inconsistent: {len(unrecorded)} blob(s) that images need are not "
+                                 f"recorded (e.g. {unrecorded[0]}); nothing was deleted. Run 'vocker verify'")
         pyc_rows = conn.execute("SELECT source, magic, pyc FROM pycs").fetchall()
         dead_pycs = [(s, m) for s, m, _ in pyc_rows if s not in contents]
         blobs |= {p for s, _, p in pyc_rows if s in contents and p is not None}
@@ -158,7 +190,6 @@ def gc(store: Store) -> GcResult:
         objs = {r[0] for r in conn.execute("SELECT digest FROM objects")}
         dead_objs = objs - trees - manifests
         conn.executemany("DELETE FROM objects WHERE digest = ?", [(d,) for d in dead_objs])
-        rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
         dead_blobs = set(rows) - blobs
         conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in dead_blobs])
         conn.executemany("DELETE FROM blob_checks WHERE digest = ?", [(d,) for d in dead_blobs])
@@ -167,7 +198,7 @@ def gc(store: Store) -> GcResult:
     freed = 0
     orphans = 0
     for digest, path in store.blobs.iter_files():
-        if digest in rows and digest not in dead_blobs:
+        if digest in blobs or (digest in rows and digest not in dead_blobs):
             continue
         try:
             freed += path.stat().st_size
