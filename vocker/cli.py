@@ -85,6 +85,9 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
     if directory.is_dir() and not is_venv(directory):
         err.print(f"{directory} has no pyvenv.cfg: importing it as a plain tree", markup=False)
     result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter(), rehash=rehash)
+    for line in result.escaping_links:
+        err.print(f"vocker: warning: symlink {line} points outside the image: mounts and exports will not "
+                  "serve it (audits show it as a file)", markup=False)
     what = "Imported" if result.new else "Already in store:"
     out.print(f"{what} {result.kind} {directory} as {result.tag or result.image_id}", markup=False)
     out.print(f"  {result.image_id}", markup=False)

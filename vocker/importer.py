@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import attrs
 
-from . import __version__, importcache, normalize, template, venv
+from . import __version__, importcache, normalize, template, venv, walk
 from .blobstore import Staged
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
@@ -68,6 +68,8 @@ class ImportResult:
     tag: str | None
     seconds: float
     unchanged: int = 0  # files taken from the import cache without reading them
+    #: symlinks that point out of the image ("path -> target"): stored, but never served or exported
+    escaping_links: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -76,6 +78,7 @@ class _Walker:
     site: Rel | None  # site-packages of a venv; None for a plain tree
     files: list[FileTask] = attrs.field(factory=list)
     total: int = 0
+    escaping: list[str] = attrs.field(factory=list)
 
     def walk(self, path: str, rel: Rel) -> Node:
         node: Node = {}
@@ -91,6 +94,8 @@ class _Walker:
             st = e.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 node[name] = LinkTask(sub, _decode_name(os.readlink(e.path), e.path))
+                if walk.escapes(sub, node[name].target):  # type: ignore[union-attr]
+                    self.escaping.append(f"{'/'.join(sub)} -> {node[name].target}")  # type: ignore[union-attr]
             elif stat.S_ISDIR(st.st_mode):
                 node[name] = self.walk(e.path, sub)
             elif stat.S_ISREG(st.st_mode):
@@ -240,7 +245,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
     return ImportResult(
         image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(infos),
         new_stored_bytes=sum(i.stored_size for i in infos), tag=tag,
-        seconds=time.perf_counter() - started, unchanged=len(hits),
+        seconds=time.perf_counter() - started, unchanged=len(hits), escaping_links=tuple(sorted(walker.escaping)),
     )
 
 
