@@ -9,6 +9,7 @@ attacker or a bad disk would); every mount is cleaned up by the autouse fixture.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -299,18 +300,26 @@ def test_verify_runs_sqlites_check_and_a_damaged_database_is_one_error(vocker, v
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_gc_during_image_removals_never_fails(vocker, vocker_home: Path, tmp_path: Path) -> None:
-    tags = [f"t{i}" for i in range(10)]
-    for i, tag in enumerate(tags):
-        _tree_image(vocker, tmp_path, tag, os.urandom(1000 + i))
+def test_image_removal_waits_for_a_running_gc(vocker, vocker_home: Path, tmp_path: Path) -> None:
+    """gc holds the store lock exclusively from listing the images to deleting what they do not
+    need; a removal in between made it find a manifest gone and fail ("unreadable objects")."""
+    _tree_image(vocker, tmp_path, "one", os.urandom(4000))
     env = dict(os.environ, VOCKER_HOME=str(vocker_home))
-    gcs = []
-    for tag in tags:
-        gcs.append(subprocess.Popen([str(_find_vocker_exe()), "gc"], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True))
-        vocker("image", "rm", tag)
-        time.sleep(0.01)
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in gcs]
-    assert all(code == 0 for code, _ in results), results
+    fd = os.open(vocker_home / "store.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as gc holds it
+        rm = subprocess.Popen([str(_find_vocker_exe()), "image", "rm", "one"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert rm.poll() is None, rm.communicate()
+        assert query(vocker_home, "SELECT count(*) FROM images") == [(1,)]
+    finally:
+        os.close(fd)
+    assert rm.wait(timeout=60) == 0, rm.communicate()
     assert query(vocker_home, "SELECT count(*) FROM images") == [(0,)]
+    for tag in ("two", "three"):  # and a real gc racing real removals
+        _tree_image(vocker, tmp_path, tag, os.urandom(4000))
+    gc = subprocess.Popen([str(_find_vocker_exe()), "gc"], env=env, stderr=subprocess.PIPE, text=True)
+    vocker("image", "rm", "two", "three")
+    assert gc.wait(timeout=60) == 0, gc.communicate()
     assert vocker("verify").returncode == 0
