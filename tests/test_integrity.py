@@ -291,9 +291,22 @@ def test_gc_deletes_nothing_when_a_needed_blob_is_not_recorded(vocker, vocker_ho
 
 def test_verify_runs_sqlites_check_and_a_damaged_database_is_one_error(vocker, vocker_home: Path,
                                                                       tmp_path: Path) -> None:
-    _tree_image(vocker, tmp_path, "one", os.urandom(4000))
+    tree = tmp_path / "tree-one"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "data.bin").write_bytes(os.urandom(4000))
+    vocker("image", "import", tree, "-t", "one")
     assert vocker("verify").returncode == 0
-    craft.damage_index(vocker_home, "sqlite_autoindex_objects_1")
+    where = tmp_path / "m"
+    vocker("mount", "one", where, "--read-only")
+    try:
+        craft.damage_index(vocker_home, "sqlite_autoindex_objects_1")
+        with pytest.raises(OSError) as info:  # its node is read now, through the damaged index
+            os.listdir(where / "sub")
+        assert info.value.errno == errno.EIO
+        log = next((vocker_home / "containers").glob("*/daemon.log")).read_text()
+        assert "malformed" in log and "Traceback" not in log, log
+    finally:
+        vocker("unmount", where)
     proc = vocker("verify", check=False)
     assert proc.returncode == 1 and "database is damaged" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     proc = vocker("export", "one", tmp_path / "out", check=False)
