@@ -33,6 +33,38 @@ def encode(parts: list[Part]) -> bytes:
     return cbor.dumps({"v": TEMPLATE_VERSION, "p": parts})
 
 
+# Streaming encoding, for files too large to hold (normalize.VenvPaths.template_pieces): the
+# same canonical CBOR as ``encode``, {"p": [...], "v": 1} ("p" sorts before "v"), in pieces.
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR item head in its shortest form (RFC 8949 §4.2.1)."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for extra, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * width):
+            return bytes([major << 5 | extra]) + n.to_bytes(width, "big")
+    raise ValueError("too large for CBOR")
+
+
+def encode_head(parts: int) -> bytes:
+    """What precedes the parts: the map, its key "p" and the array head."""
+    return _head(5, 2) + _head(3, 1) + b"p" + _head(4, parts)
+
+
+def encode_bytes_head(n: int) -> bytes:
+    """The head of a literal part of ``n`` bytes (the bytes follow)."""
+    return _head(2, n)
+
+
+def encode_variable(name: str) -> bytes:
+    raw = name.encode()
+    return _head(3, len(raw)) + raw
+
+
+def encode_tail() -> bytes:
+    return _head(3, 1) + b"v" + _head(0, TEMPLATE_VERSION)
+
+
 def decode(data: bytes) -> list[Part]:
     raw = cbor.loads(data, "template")
     if not isinstance(raw, dict) or set(raw) != {"v", "p"} or raw["v"] != TEMPLATE_VERSION:
