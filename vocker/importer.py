@@ -4,7 +4,8 @@ Pipeline: walk the tree (skipping venv scaffolding and bytecode), then hash,
 normalise, compress and write file contents in a thread pool (hashlib and zstd
 release the GIL), then build the Merkle nodes bottom-up and record blobs, nodes,
 manifest and tag in one transaction. A crash or Ctrl-C before that commit leaves
-only orphan blob files, which gc removes; after it, the image is complete.
+only orphan blob files, which gc removes; after it, the image is complete. Files over
+blobstore.STREAM_MIN are streamed (the same rules, applied in bounded memory).
 """
 
 from __future__ import annotations
