@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,8 +134,31 @@ def test_streamed_templates_are_exactly_the_whole_file_templates(tmp_path: Path,
             whole = paths.to_template(data, is_script)
             want = template.encode(whole) if whole is not None else None
             assert template_of(paths, data, is_script, rng.randrange(1, 12), tmp_path / "f") == want, data
-            templated += want is not None
+            if whole is not None:  # and rendering it as a stream gives what rendering it whole does
+                assert b"".join(template.render_stream(split(want, rng), b"/there")) == template.render(whole, b"/there")
+                assert b"".join(template.render_stream(split(want, rng), None)) == template.render_placeholders(whole)
+                templated += 1
     assert templated > 1000
+
+
+def split(data: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, 5)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@pytest.mark.parametrize("bad", [
+    b"", template.encode([b"x"])[:-1], template.encode([b"x"]) + b"\0",
+    template.encode(["venv"]).replace(b"venv", b"vemv"),  # an unknown variable
+    template.encode([b"x" * 30]).replace(b"\x58\x1e", b"\x59\x00\x1e"),  # a length not in its shortest form
+    template.encode([b"x"]).replace(b"\x41x", b"\x01"),  # an integer for a part
+])
+def test_render_stream_refuses_what_decode_refuses(bad: bytes) -> None:
+    from vocker.errors import FormatError
+
+    with pytest.raises(FormatError):
+        template.decode(bad)
+    with pytest.raises(FormatError):
+        b"".join(template.render_stream([bad], b"/there"))
 
 
 def test_a_large_venv_gets_the_same_image_id_streamed_or_read_whole(
@@ -157,20 +181,25 @@ def test_a_large_venv_gets_the_same_image_id_streamed_or_read_whole(
         (venv / rel).write_bytes(data)
     assert all(len(d) > 2 << 20 for d in files.values())
 
-    def run(stream_min: int, name: str) -> tuple[str, Path]:
+    def run(stream_min: int, name: str) -> tuple[str, dict[str, bytes], dict[str, bytes]]:
+        """The image ID and the files of an audit and of a real export (at one path)."""
         monkeypatch.setattr(blobstore, "STREAM_MIN", stream_min)
         store = Store.open(tmp_path / name)
+        exported = []
         try:
             image = import_tree(store, venv).image_id
-            dest = tmp_path / f"{name}-out"
-            export_image(store, image, dest, audit=True)
+            for audit in (True, False):
+                dest = tmp_path / "out"
+                export_image(store, image, dest, audit=audit)
+                exported.append({rel: (dest / rel).read_bytes() for rel in files})
+                shutil.rmtree(dest)
         finally:
             store.close()
-        return image, dest
+        return image, *exported
 
-    whole, whole_out = run(1 << 40, "whole")
-    streamed, streamed_out = run(1 << 20, "streamed")
+    whole, whole_audit, whole_real = run(1 << 40, "whole")
+    streamed, streamed_audit, streamed_real = run(1 << 20, "streamed")
     assert streamed == whole
-    for rel in files:
-        assert (streamed_out / rel).read_bytes() == (whole_out / rel).read_bytes(), rel
-    assert b"{{vocker:venv}}" in (streamed_out / SITE / "paths.txt").read_bytes()
+    assert streamed_audit == whole_audit and streamed_real == whole_real
+    assert b"{{vocker:venv}}" in streamed_audit[f"{SITE}/paths.txt"]
+    assert streamed_real["bin/tool"].startswith(b"#!" + str(tmp_path / "out").encode() + b"/bin/python\n")

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import attrs
 
@@ -101,8 +102,10 @@ def _fill(store: Store, manifest: Manifest, ref: str, tmp: Path, root: bytes, au
         rel, entry = item
         mode = 0o755 if entry.executable and not audit else 0o644
         path = os.path.join(base, *rel)
-        if entry.digest is not None and not entry.template and entry.size > blobstore.STREAM_MIN:
-            _write_stream(store, path, entry.digest, mode, mtime_ns)
+        if entry.digest is not None and entry.size > blobstore.STREAM_MIN:
+            rendered = None if audit else root
+            _write_stream(store, path, entry.digest, mode, mtime_ns,
+                          (lambda pieces: template.render_stream(pieces, rendered)) if entry.template else None)
         else:
             data = entry.inline if entry.inline is not None else store.read_blob(entry.digest)  # type: ignore[arg-type]
             if entry.template:
@@ -130,21 +133,24 @@ def _fill(store: Store, manifest: Manifest, ref: str, tmp: Path, root: bytes, au
     return files, pycs, compiled
 
 
-def _write_stream(store: Store, path: str, digest: str, mode: int, mtime_ns: int) -> None:
-    """Write a large blob chunk by chunk, each checked as it is read; chunks of zeros are
-    left as holes, so a sparse file comes out sparse (at the chunk's granularity)."""
+def _write_stream(store: Store, path: str, digest: str, mode: int, mtime_ns: int,
+                  render: Callable[[Iterator[bytes]], Iterator[bytes]] | None = None) -> None:
+    """Write a large blob chunk by chunk, each checked as it is read (through ``render``
+    for a template). Chunks of zeros are left as holes, so a sparse file comes out sparse
+    (at the chunk's granularity)."""
     info = store.blob_info(digest)
     reader = store.blobs.reader(digest, info.codec, info.size, store.blob_chunks(info), None)
     try:
+        pieces = reader.iter_chunks() if render is None else render(reader.iter_chunks())
         fd = _create(path, mode)
         with os.fdopen(fd, "wb") as f:
             zero = bytes(blobstore.CHUNK)
-            for chunk in reader.iter_chunks():
-                if chunk == zero:
-                    f.seek(len(chunk), os.SEEK_CUR)
+            for piece in pieces:
+                if len(piece) == len(zero) and piece == zero:
+                    f.seek(len(piece), os.SEEK_CUR)
                 else:
-                    f.write(chunk)
-            f.truncate(info.size)
+                    f.write(piece)
+            f.truncate(f.tell())
             f.flush()
             os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
