@@ -23,6 +23,7 @@ import itertools
 import os
 import threading
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import attrs
 import blake3
@@ -47,8 +48,15 @@ CHUNK = FRAME_SIZE = 128 << 10
 LEVEL = 2
 #: Store compressed only when it saves at least this fraction.
 MIN_SAVING = 0.10
+#: Contents above this size are never held in memory whole: import, export and verify
+#: stream them chunk by chunk (memory stays bounded whatever the file's size).
+STREAM_MIN = 16 << 20
 
 _counter = itertools.count()
+
+
+class ContentChanged(Exception):
+    """Streamed content differed between two passes over it."""
 
 
 @attrs.frozen
@@ -154,6 +162,40 @@ class BlobFiles:
         # them, and a reader would otherwise first hash the whole blob with sha256.
         return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(payload), codec), chunk_digests_of(data))
 
+    def stage_stream(self, pieces: Callable[[], Iterable[bytes]]) -> Staged:
+        """Stage content too large to hold in memory, given as pieces of any size.
+
+        One pass computes the sha256, the chunk digests and the seekable zstd encoding
+        (the frames ``encode`` makes) into the temp file. When compression saves too
+        little, ``pieces()`` is read again and copied raw; it must give the same digest.
+        """
+        tmp = os.path.join(self.tmp_dir, f"stream.{os.getpid()}.{next(_counter)}")
+        try:
+            with _new_file(tmp) as raw:
+                with pyzstd.SeekableZstdFile(raw, "w", level_or_option=LEVEL, max_frame_content_size=FRAME_SIZE) as z:
+                    digest, size, chunks = _hash_chunks(pieces(), z.write)
+                raw.flush()
+                stored = os.fstat(raw.fileno()).st_size
+            codec = ZSTD_SEEKABLE
+            if size <= ONE_FRAME_MAX:  # small after all (a template can be): stored as ``stage`` would
+                os.unlink(tmp)
+                data = b"".join(pieces())
+                if digest_bytes(data) != digest:
+                    raise ContentChanged(f"the content of {digest} changed while it was being stored")
+                return self.stage(digest, data)
+            if stored > size * (1 - MIN_SAVING):
+                os.unlink(tmp)
+                with _new_file(tmp) as raw:
+                    again, _, _ = _hash_chunks(pieces(), raw.write)
+                if again != digest:
+                    raise ContentChanged(f"the content of {digest} changed while it was being stored")
+                stored, codec = size, RAW
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return Staged(tmp, str(self.path(digest)), BlobInfo(digest, size, stored, codec), chunks)
+
     def commit(self, staged: list[Staged]) -> None:
         """Make staged blobs durable and put them under their names (the caller then records them)."""
         if not staged:
@@ -232,7 +274,7 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return b"".join(chunks)
 
-    def reader(self, digest: str, codec: str, size: int, chunks: bytes, cache: "ChunkCache") -> "BlobReader":
+    def reader(self, digest: str, codec: str, size: int, chunks: bytes, cache: "ChunkCache | None") -> "BlobReader":
         return BlobReader(self.path(digest), digest, codec, size, chunks, cache)
 
     def iter_files(self):  # type: ignore[no-untyped-def]
@@ -240,6 +282,46 @@ class BlobFiles:
         for shard in self.blob_dir.iterdir():
             for entry in os.scandir(shard):
                 yield "sha256:" + entry.name, Path(entry.path)
+
+
+@contextlib.contextmanager
+def _new_file(path: str) -> Iterator[io.BufferedWriter]:
+    """A new temp file, removed again if writing it fails (the mode of ``stage``'s files)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+
+
+def _hash_chunks(pieces: Iterable[bytes], sink: Callable[[bytes], object]) -> tuple[str, int, bytes]:
+    """(sha256 digest, size, chunk digests) of content given as pieces of any size, each
+    CHUNK passed on to ``sink`` as it is complete."""
+    h = hashlib.sha256()
+    digests: list[bytes] = []
+    size = 0
+    buf = bytearray()
+
+    def take(chunk: bytes) -> None:
+        h.update(chunk)
+        digests.append(blake3.blake3(chunk).digest())
+        sink(chunk)
+
+    for piece in pieces:
+        size += len(piece)
+        if not buf and len(piece) == CHUNK:
+            take(piece)
+            continue
+        buf += piece
+        while len(buf) >= CHUNK:
+            take(bytes(buf[:CHUNK]))
+            del buf[:CHUNK]
+    if buf:
+        take(bytes(buf))
+    return f"sha256:{h.hexdigest()}", size, b"".join(digests)
 
 
 def _read_exactly(f: io.RawIOBase | io.BufferedIOBase | pyzstd.SeekableZstdFile, n: int) -> bytes:
@@ -271,9 +353,11 @@ class ChunkCache:
 class BlobReader:
     """Random access to a blob's content, each CHUNK checked against its recorded digest
     before it is first returned (a corrupt chunk raises IntegrityError, never wrong bytes).
-    Reads are ``pread`` calls with no shared position, so threads read one blob at once."""
+    Reads are ``pread`` calls with no shared position, so threads read one blob at once.
+    Without a ``cache``, nothing read is kept (a large blob streamed once)."""
 
-    def __init__(self, path: Path, digest: str, codec: str, size: int, chunks: bytes, cache: ChunkCache) -> None:
+    def __init__(self, path: Path, digest: str, codec: str, size: int, chunks: bytes,
+                 cache: ChunkCache | None) -> None:
         if len(chunks) != 32 * -(-size // CHUNK):
             raise IntegrityError(f"chunk digests of blob {digest} do not match its size")
         self._digest, self._size, self._chunks, self._cache = digest, size, chunks, cache
@@ -311,9 +395,17 @@ class BlobReader:
             offset += len(piece)
         return b"".join(pieces)
 
+    def iter_chunks(self) -> Iterator[bytes]:
+        """The whole content, one checked CHUNK at a time."""
+        for c in range(-(-self._size // CHUNK)):
+            data = self._chunk(c)
+            if len(data) != min(CHUNK, self._size - c * CHUNK):
+                raise IntegrityError(f"corrupt blob {self._digest} (truncated)")
+            yield data
+
     def _chunk(self, c: int) -> bytes:
         key = (self._digest, c)
-        data = self._cache.get(key)
+        data = self._cache.get(key) if self._cache is not None else None
         if data is not None:
             return data
         try:
@@ -327,7 +419,8 @@ class BlobReader:
             raise IntegrityError(f"corrupt blob {self._digest} ({exc})") from None
         if blake3.blake3(data).digest() != self._chunks[32 * c:32 * c + 32]:
             raise IntegrityError(f"corrupt blob {self._digest} (chunk {c} does not match its digest)")
-        self._cache.put(key, data)
+        if self._cache is not None:
+            self._cache.put(key, data)
         return data
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 uv resolves (``uv pip compile --generate-hashes``) and installs (``uv pip sync
 --require-hashes``) into a fresh venv in a temporary directory, which is then
-imported like any venv. A build whose cache key (pinned set + interpreter facts +
+imported like any venv (that directory is in the store's ``tmp/``, where gc finds it
+after a kill). A build whose cache key (pinned set + interpreter facts +
 options, see locks.py) is already in the store returns that image and installs
 nothing.
 """
@@ -23,7 +24,7 @@ from typing import Callable
 
 import attrs
 
-from . import locks
+from . import locks, scratch
 from .errors import UsageError, VockerError
 from .progress import Reporter
 from .pythons import find_requested
@@ -278,7 +279,8 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
             with store.write() as conn:
                 store.set_tag(conn, tag, image_id)
         return BuildResult(image_id, True, lock_path, lock_text, key, resolved, time.perf_counter() - started)
-    with tempfile.TemporaryDirectory(prefix="vocker-build-") as tmp:
+    # The build venv is scratch in the store, under the shared lock: gc removes what a kill leaves.
+    with store.lock_shared(), scratch.in_store(store, "vocker-build-") as tmp:
         env = Path(tmp, "env")
         on_step(f"installing {len(lock.pins)} locked distributions with {installer()}")
         install(lock_text, python, req.index, env, installer())
@@ -339,8 +341,8 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
     if (python["soabi"], python["platform"]) != (python_facts["soabi"], python_facts["platform"]):
         raise UsageError(f"image {ref} was built for {python_facts['soabi']} on {python_facts['platform']}; "
                          f"this machine has {python['soabi']} on {python['platform']}")
-    with tempfile.TemporaryDirectory(prefix="vocker-audit-") as tmp:
-        scratch = Store.open(Path(tmp, "store"))  # fresh: nothing cached can hide a difference
+    with store.lock_shared(), scratch.in_store(store, "vocker-audit-") as tmp:
+        fresh = Store.open(Path(tmp, "store"))  # nothing cached can hide a difference
         on_step(f"rebuilding from the recorded lock ({record['pins']} distributions)")
         env = Path(tmp, "rebuild", "env")
         env.parent.mkdir()
@@ -349,7 +351,7 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")))
         from .importer import import_tree
 
-        rebuilt = import_tree(scratch, env, None, python=Path(python["executable"])).image_id
-        differences = () if rebuilt == image_id else tuple(diff(store, image_id, scratch, rebuilt))
-        scratch.close()
+        rebuilt = import_tree(fresh, env, None, python=Path(python["executable"])).image_id
+        differences = () if rebuilt == image_id else tuple(diff(store, image_id, fresh, rebuilt))
+        fresh.close()
     return AuditResult(image_id, rebuilt, differences)

@@ -4,7 +4,8 @@ Pipeline: walk the tree (skipping venv scaffolding and bytecode), then hash,
 normalise, compress and write file contents in a thread pool (hashlib and zstd
 release the GIL), then build the Merkle nodes bottom-up and record blobs, nodes,
 manifest and tag in one transaction. A crash or Ctrl-C before that commit leaves
-only orphan blob files, which gc removes; after it, the image is complete.
+only orphan blob files, which gc removes; after it, the image is complete. Files over
+blobstore.STREAM_MIN are streamed (the same rules, applied in bounded memory).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import attrs
 
-from . import __version__, importcache, normalize, template, venv, walk
+from . import __version__, blobstore, importcache, normalize, template, venv, walk
 from .blobstore import Staged
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
@@ -138,6 +139,20 @@ class _Ingest:
                 self.staged[digest] = staged
         return Entry(name, Kind.FILE, size=len(data), digest=digest, executable=executable, template=is_template)
 
+    def staged_entry(self, name: str, staged: Staged, executable: bool, is_template: bool) -> Entry:
+        """The entry of content staged by streaming (its digest known only now; always over
+        INLINE_MAX: a template of a large file keeps at least 5 bytes per path it replaces)."""
+        digest = staged.info.digest
+        with self.lock:
+            needed = digest not in self.known
+            self.known.add(digest)
+            if needed:
+                self.staged[digest] = staged
+        if not needed:
+            self.store.blobs.discard([staged])
+        return Entry(name, Kind.FILE, size=staged.info.size, digest=digest, executable=executable,
+                     template=is_template)
+
 
 def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path | None = None,
                 reporter: Reporter | None = None, rehash: bool = False) -> ImportResult:
@@ -187,7 +202,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
                         hits.append(rel)
                         seen.append((task.path, task.st, outcome))
                     return outcome.entry
-            outcome = _outcome(task, _read(task.path))
+            outcome = _large_outcome(task) if _streams(task) else _outcome(task, _read(task.path))
             _note(outcome, rel)
             with ingest.lock:
                 seen.append((task.path, task.st, outcome))
@@ -208,6 +223,41 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
                     return importcache.Outcome(ingest.file_entry(name, template.encode(parts), task.executable, True),
                                                True)
             return importcache.Outcome(ingest.file_entry(name, data, task.executable, False), False)
+
+        def _streams(task: FileTask) -> bool:
+            """Large files are streamed, except dist-info metadata, which the rules parse whole."""
+            return task.size > blobstore.STREAM_MIN and not (
+                paths is not None and len(task.rel) > 1 and task.rel[-2].endswith(".dist-info"))
+
+        def _large_outcome(task: FileTask) -> importcache.Outcome:
+            """As ``_outcome``, in bounded memory: the first pass over the file hashes and
+            compresses it and, in a venv, decides whether it is a template (the same rules);
+            only then is a template made, in a second streaming pass."""
+            scan = paths.scan(is_script=task.rel[0] in ("bin", "Scripts")) if paths is not None else None
+            first = [scan]
+
+            def pieces() -> Iterator[bytes]:
+                watch = first.pop() if first else None  # only the first pass is scanned
+                for piece in _pieces(task.path):
+                    if watch is not None:
+                        watch.feed(piece)
+                    yield piece
+                if watch is not None:
+                    watch.finish()
+
+            try:
+                staged = store.blobs.stage_stream(pieces)
+                if scan is None or not scan.templated:
+                    return importcache.Outcome(ingest.staged_entry(task.rel[-1], staged, task.executable, False),
+                                               False)
+                store.blobs.discard([staged])
+                assert paths is not None
+                staged = store.blobs.stage_stream(lambda: paths.template_pieces(task.path, scan))
+            except (normalize.FileChanged, blobstore.ContentChanged):
+                raise VockerError(f"{task.path} changed while it was being imported") from None
+            except OSError as exc:
+                raise VockerError(f"cannot read {task.path}: {exc.strerror}") from None
+            return importcache.Outcome(ingest.staged_entry(task.rel[-1], staged, task.executable, True), True)
 
         def process_record(task: FileTask) -> Entry:
             data = normalize.normalize_record(_read(task.path), "/".join(task.rel[:-1]), templated, dropped)
@@ -257,6 +307,15 @@ def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
+    except OSError as exc:
+        raise VockerError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _pieces(path: str) -> Iterator[bytes]:
+    try:
+        with open(path, "rb") as f:
+            while piece := f.read(normalize.SCAN_PIECE):
+                yield piece
     except OSError as exc:
         raise VockerError(f"cannot read {path}: {exc.strerror}") from None
 

@@ -8,7 +8,7 @@ import shutil
 
 import attrs
 from . import db
-from .blobstore import CHUNK, BlobInfo, chunk_digests_of
+from .blobstore import CHUNK, BlobInfo
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
 from .parallel import pmap
@@ -120,8 +120,8 @@ def _verify_objects(store: Store, reporter: Reporter) -> tuple[int, list[Problem
         try:
             if info is None:
                 return ("blob", f"missing blob {digest} (not recorded in the store)")
-            data = store.blobs.read(digest, info.codec, info.size)  # against its sha256, the blob's identity
-            chunks = chunk_digests_of(data)
+            # Streamed against its sha256, the blob's identity: memory does not grow with its size.
+            chunks = store.blobs.chunk_digests(digest, info.codec, info.size)
             if digest not in chunked:
                 missing[digest] = chunks
             elif chunked[digest] != chunks:

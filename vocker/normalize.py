@@ -18,6 +18,7 @@ import io
 import json
 import posixpath
 import re
+from typing import BinaryIO, Iterator
 
 import attrs
 
@@ -74,6 +75,171 @@ class VenvPaths:
         parts.append(rest[pos:])
         merged = [p for p in parts if p != b""]
         return merged if any(isinstance(p, str) for p in merged) else None
+
+    def scan(self, is_script: bool) -> "TemplateScan":
+        """What ``to_template`` makes of a file too large to hold, fed to it piece by piece."""
+        return TemplateScan(self, is_script)
+
+    def template_pieces(self, path: str, scan: "TemplateScan") -> Iterator[bytes]:
+        """The encoded template of the file at ``path`` that ``scan`` was fed, exactly
+        ``template.encode(self.to_template(...))`` of it, in pieces of bounded size.
+
+        Two readers of the file: one finds the matches, the other copies what lies between.
+        Raises FileChanged when the file is no longer what ``scan`` saw.
+        """
+        assert scan.templated
+        count = (scan.shebang_end is not None) + (1 if scan.nul else scan.matches + scan.literals)
+        yield template.encode_head(count)
+        if scan.shebang_end is not None:
+            yield template.encode_variable(template.SHEBANG)
+        start = scan.shebang_end or 0
+        with open(path, "rb") as f, open(path, "rb") as finder:
+            copier = _Copier(f, start)
+            yield from self._rest(scan, start, copier, finder)
+            if copier.parts != count - (scan.shebang_end is not None) or f.read(1):
+                raise FileChanged()
+        yield template.encode_tail()
+
+    def _rest(self, scan: "TemplateScan", start: int, copier: "_Copier", finder: BinaryIO) -> Iterator[bytes]:
+        if scan.nul:  # binary after a shebang: the rest is one literal
+            yield from copier.literal(scan.size - start)
+            return
+        done = start
+        finder.seek(start)
+        matcher = _Matcher(self._pattern, len(self.spellings[0]) + 1)
+        while True:
+            piece = finder.read(SCAN_PIECE)
+            for s, e in matcher.feed(piece, eof=not piece):
+                if start + s > done:
+                    yield from copier.literal(start + s - done)
+                yield copier.variable(template.VENV, e - s)
+                done = start + e
+            if not piece:
+                break
+        if done < scan.size:
+            yield from copier.literal(scan.size - done)
+
+
+#: Large files are read in pieces of this size.
+SCAN_PIECE = 1 << 20
+#: A ``bin/`` script's first line is looked for in its first SHEBANG_HEAD bytes (a longer
+#: first line, in a file streamed because it is large, is left as it is).
+SHEBANG_HEAD = 1 << 20
+
+
+class FileChanged(Exception):
+    """A large file changed between the passes over it."""
+
+
+class _Matcher:
+    """The venv path's matches in content fed piece by piece, exactly as ``finditer`` over
+    the whole would find them: a match is taken only once ``margin`` bytes after its start
+    are known (the longest spelling and the boundary character), so the pattern saw what
+    it needs; only the undecided tail is kept."""
+
+    def __init__(self, pattern: re.Pattern[bytes], margin: int) -> None:
+        self.pattern, self.margin = pattern, margin
+        self.buf = bytearray()
+        self.base = 0  # offset of buf[0] in the content
+        self.pos = 0  # where the next search starts, in buf
+        self.total = 0
+
+    def feed(self, piece: bytes, eof: bool = False) -> list[tuple[int, int]]:
+        """(start, end) of the matches now decided, as offsets in the content."""
+        self.buf += piece
+        self.total += len(piece)
+        last = len(self.buf) if eof else len(self.buf) - self.margin  # starts up to here are decided
+        found = []
+        pos = self.pos
+        for m in self.pattern.finditer(self.buf, pos):
+            if m.start() > last:
+                break
+            found.append((self.base + m.start(), self.base + m.end()))
+            pos = m.end()
+        pos = max(pos, last + 1) if not eof else len(self.buf)
+        keep = min(pos, len(self.buf))
+        del self.buf[:keep]
+        self.base += keep
+        self.pos = pos - keep
+        return found
+
+
+class TemplateScan:
+    """Decides, in one pass over a file's pieces, whether and how ``VenvPaths.to_template``
+    would template it: the shebang (from the first SHEBANG_HEAD bytes), whether the rest
+    holds a NUL, and how many matches and non-empty literal parts it has."""
+
+    def __init__(self, paths: VenvPaths, is_script: bool) -> None:
+        self.paths = paths
+        self.head: bytearray | None = bytearray() if is_script else None
+        self.shebang_end: int | None = None
+        self.matcher = _Matcher(paths._pattern, len(paths.spellings[0]) + 1)
+        self.nul = False
+        self.matches = 0
+        self.literals = 0
+        self.done = 0  # end of the last match, in the rest
+        self.size = 0
+        self.finished = False
+
+    def feed(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.head is not None:
+            self.head += piece
+            if len(self.head) >= SHEBANG_HEAD:
+                self._decide_head()
+            return
+        self._scan(piece)
+
+    def finish(self) -> None:
+        if self.head is not None:
+            self._decide_head()
+        self._scan(b"", eof=True)
+        if self.done < self.matcher.total:
+            self.literals += 1
+        self.finished = True
+
+    @property
+    def templated(self) -> bool:
+        assert self.finished
+        return self.shebang_end is not None or (not self.nul and self.matches > 0)
+
+    def _decide_head(self) -> None:
+        head, self.head = bytes(self.head or b""), None
+        m = self.paths._shebang.match(head)
+        self.shebang_end = m.end() if m else None
+        self._scan(head[m.end():] if m else head)
+
+    def _scan(self, piece: bytes, eof: bool = False) -> None:
+        self.nul = self.nul or b"\0" in piece
+        for s, e in self.matcher.feed(piece, eof):
+            self.literals += s > self.done
+            self.matches += 1
+            self.done = e
+
+
+class _Copier:
+    """Emits the parts of a file's rest in order: literal spans copied from ``f`` in pieces
+    of at most SCAN_PIECE bytes, variables in place of the spans they replace."""
+
+    def __init__(self, f: BinaryIO, start: int) -> None:
+        self.f = f
+        self.parts = 0
+        f.seek(start)
+
+    def variable(self, name: str, replaces: int) -> bytes:
+        self.parts += 1
+        self.f.seek(replaces, 1)
+        return template.encode_variable(name)
+
+    def literal(self, n: int) -> Iterator[bytes]:
+        self.parts += 1
+        yield template.encode_bytes_head(n)
+        while n > 0:
+            piece = self.f.read(min(n, SCAN_PIECE))
+            if not piece:
+                raise FileChanged()
+            n -= len(piece)
+            yield piece
 
 
 def machine_local(name: str, parent: str, data: bytes) -> bool:
