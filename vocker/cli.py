@@ -81,7 +81,7 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
     from .importer import import_tree
     from .venv import is_venv
 
-    tag = refs.normalize_tag(tag) if tag else None
+    tag = refs.new_tag(tag) if tag else None
     if directory.is_dir() and not is_venv(directory):
         err.print(f"{directory} has no pyvenv.cfg: importing it as a plain tree", markup=False)
     result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter(), rehash=rehash)
@@ -275,7 +275,7 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
     """
     from .build import BuildRequest, build
 
-    tag = refs.normalize_tag(tag) if tag else None
+    tag = refs.new_tag(tag) if tag else None
     if specs and requirements:
         raise click.UsageError("give either SPECs or -r FILE, not both")
     if requirements is not None and requirements.suffix == ".toml" and requirements.name != "pyproject.toml":
@@ -421,7 +421,7 @@ def ps_cmd(show_all: bool) -> None:
 
 @cli.command("create")
 @click.argument("image_ref", metavar="IMAGE")
-@click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-').")
+@click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-'; at most 64).")
 def create_cmd(image_ref: str, name: str) -> None:
     """Create a named container: an image plus a writable layer that persists across mounts."""
     from . import containers

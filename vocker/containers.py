@@ -14,7 +14,7 @@ import attrs
 from .errors import UsageError
 from .store import Store
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # full match: no trailing newline
 
 
 @attrs.frozen
@@ -62,8 +62,8 @@ def all_containers(store: Store) -> list[Container]:
 
 def create(store: Store, image_ref: str, name: str | None) -> Container:
     """A container of an image: named ones persist, unnamed ones live for one mount."""
-    if name is not None and not _NAME_RE.match(name):
-        raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-'")
+    if name is not None and not _NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     image_id = store.resolve(image_ref)
     persistent = name is not None
     name = name or "tmp-" + secrets.token_hex(6)

@@ -298,7 +298,7 @@ class Store:
                      "ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id", (tag, image_id))
 
     def tag(self, ref: str, new_tag: str) -> str:
-        tag = refs.normalize_tag(new_tag)
+        tag = refs.new_tag(new_tag)
         image_id = self.resolve(ref)
         with self.write() as conn:
             self.set_tag(conn, tag, image_id)
