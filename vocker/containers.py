@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from .errors import UsageError
+from .home import private_dir
 from .store import Store
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # full match: no trailing newline
@@ -74,6 +75,7 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
         conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
                      (name, image_id, time.time(), persistent))
         shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
+        private_dir(store.root / "containers")  # what is written into a mount stays the owner's
         upper.mkdir(parents=True)
         upper.chmod(0o755)  # the mount root's mode: not whatever umask the creator had
         (upper.parent / "work").mkdir()
