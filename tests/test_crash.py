@@ -380,3 +380,21 @@ def test_ctrl_c_right_after_the_commit_says_the_image_is_recorded(vocker, tmp_pa
         assert recorded
         interrupted += code == 130
     assert interrupted, "every import finished before its interrupt: the test did not test"
+
+
+def test_an_interrupt_once_the_transaction_is_over_stays_an_interrupt(tmp_path: Path) -> None:
+    """A transaction SQLite already ended (a full disk rolls back by itself) and then Ctrl-C: the
+    KeyboardInterrupt goes on up, not replaced by "cannot rollback - no transaction is active"."""
+    from vocker.db import Database
+
+    database = Database(tmp_path / "vocker.db")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with database.write() as conn:
+                conn.execute("INSERT INTO tags (name, image_id) VALUES ('a:latest', 'x')")
+                conn.execute("ROLLBACK")  # as SQLite does itself on SQLITE_FULL
+                raise KeyboardInterrupt
+        with database.read() as conn:
+            assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
+    finally:
+        database.close()

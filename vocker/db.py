@@ -135,7 +135,7 @@ class Database:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
 
     def _prefetch(self) -> None:
@@ -207,7 +207,7 @@ class Database:
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
                 conn.execute("COMMIT")
             finally:
@@ -221,6 +221,14 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction. Ctrl-C right after a COMMIT returned, or an
+    error SQLite already rolled back (a full disk), leaves none: a "cannot rollback" error then
+    would replace the exception that is on its way up."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _make_private(path: Path) -> None:
