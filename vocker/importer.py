@@ -249,6 +249,8 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
 def _recorded(store: Store, image_id: str, tag: str | None) -> str | None:
     """What an interrupted import left recorded: the image under its tag, or None (asked after
     the fact, as Ctrl-C can land between the commit and any note of it)."""
+    if not store.database.path.exists():  # a scratch store (audit's), already deleted
+        return None
     with store.read() as conn:
         if conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:
             return None
