@@ -84,16 +84,16 @@ def test_input_change_re_resolves_and_upgrade_forces_it(build, project: Path) ->
 def test_cache_miss_when_the_python_changes(build, project: Path) -> None:
     if not shutil.which("python3.12") and not list(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12")):
         pytest.skip("no Python 3.12 on this machine")
-    build("build", "alpha", *build.index, "-t", "a311")
-    out = build("build", "alpha", *build.index, "--python", "3.12", "-t", "a312").stdout
+    build("build", "alpha", *build.index, "-t", "py311")
+    out = build("build", "alpha", *build.index, "--python", "3.12", "-t", "py312").stdout
     assert "built" in out and "cached" not in out
-    assert image_id(build, "a311") != image_id(build, "a312")
-    inspect = json.loads(build("image", "inspect", "a312").stdout)
+    assert image_id(build, "py311") != image_id(build, "py312")
+    inspect = json.loads(build("image", "inspect", "py312").stdout)
     assert inspect["manifest"]["python"]["version"].startswith("3.12")
     lock = project / "alpha.lock"
     lock.write_text(inspect["build"]["lock"])
-    assert image_id(build, "a312") in build("lookup", lock, "--python", "3.12").stdout
-    assert image_id(build, "a311") in build("lookup", lock).stdout
+    assert image_id(build, "py312") in build("lookup", lock, "--python", "3.12").stdout
+    assert image_id(build, "py311") in build("lookup", lock).stdout
 
 
 def test_lookup_answers_no_for_an_unknown_lock(build, project: Path, wheels_dir: Path) -> None:

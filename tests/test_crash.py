@@ -301,3 +301,100 @@ def test_ctrl_c_right_after_start(vocker, vocker_home: Path, tmp_path: Path) -> 
     err = (tmp_path / "import.err").read_text()
     assert "Traceback" not in err, err[-300:]
     assert code == 130, (code, err)
+
+
+def small_tree(path: Path, files: int = 300) -> Path:
+    """A plain tree of distinct small files (one blob each): an import of ~0.5 s, most of it the CLI."""
+    path.mkdir()
+    rng = random.Random(1)
+    for i in range(files):
+        (path / f"f{i:03d}.txt").write_bytes(rng.randbytes(1500).hex().encode())
+    return path
+
+
+def recorded_images(home: Path) -> int:
+    """How many images the store records (0 while there is no database), without creating anything."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{home / 'vocker.db'}?mode=ro", uri=True, timeout=0.2)) as db:
+            return db.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def check_interrupted_import(proc: subprocess.Popen, home: Path, log: Path) -> tuple[int, bool]:
+    """The CLI exited 130 with one truthful line (or 0, having finished first); the store verifies.
+
+    Returns (exit code, whether the image is recorded)."""
+    code = proc.wait(timeout=60)
+    err = log.with_suffix(".err").read_text()
+    assert "Traceback" not in err, err[-600:]
+    recorded = bool(store_state(home)["images"])
+    if code == 0:
+        assert recorded, err
+    else:
+        assert code == 130, (code, err)
+        lines = [line for line in err.splitlines() if line.strip() and "no pyvenv.cfg" not in line]
+        assert len(lines) == 1 and lines[0].startswith("vocker: interrupted"), err
+        if recorded:
+            assert "nothing was recorded" not in err and "is recorded" in err, err
+        else:
+            assert "is recorded" not in err, err
+    if (home / "vocker.db").exists():
+        verify_in_process(home)
+    return code, recorded
+
+
+def test_ctrl_c_at_many_points_of_an_import_tells_the_truth(vocker, tmp_path: Path) -> None:
+    """SIGINT at fixed delays across a whole import (start-up, store creation, staging, commit,
+    the import cache's save, the output, the exit): exit 130 with one true line, or 0."""
+    tree = small_tree(tmp_path / "tree")
+    outcomes = []
+    for i in range(24):
+        home = tmp_path / f"home{i}"
+        log = tmp_path / f"import{i}"
+        proc = spawn(vocker, "image", "import", tree, "-t", "t", home=home, log=log)
+        try:
+            time.sleep(0.2 + 0.025 * i)  # 0.2-0.8 s: the interpreter starts in ~0.15 s, the import ends by ~0.6 s
+            proc.send_signal(signal.SIGINT)
+            outcomes.append(check_interrupted_import(proc, home, log))
+        finally:
+            reap(proc)
+    assert {code for code, _ in outcomes} >= {130}, outcomes  # some runs were interrupted, not all finished
+
+
+def test_ctrl_c_right_after_the_commit_says_the_image_is_recorded(vocker, tmp_path: Path) -> None:
+    """The interrupt lands as soon as the image is in the database: the import cache's save, the
+    output or the exit are interrupted, never to say "nothing was recorded" (it said so before)."""
+    tree = small_tree(tmp_path / "tree")
+    interrupted = 0
+    for i in range(6):
+        home = tmp_path / f"home{i}"
+        log = tmp_path / f"import{i}"
+        proc = spawn(vocker, "image", "import", tree, "-t", "t", home=home, log=log)
+        try:
+            wait_for(proc, lambda: recorded_images(home) > 0)
+            proc.send_signal(signal.SIGINT)
+            code, recorded = check_interrupted_import(proc, home, log)
+        finally:
+            reap(proc)
+        assert recorded
+        interrupted += code == 130
+    assert interrupted, "every import finished before its interrupt: the test did not test"
+
+
+def test_an_interrupt_once_the_transaction_is_over_stays_an_interrupt(tmp_path: Path) -> None:
+    """A transaction SQLite already ended (a full disk rolls back by itself) and then Ctrl-C: the
+    KeyboardInterrupt goes on up, not replaced by "cannot rollback - no transaction is active"."""
+    from vocker.db import Database
+
+    database = Database(tmp_path / "vocker.db")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with database.write() as conn:
+                conn.execute("INSERT INTO tags (name, image_id) VALUES ('a:latest', 'x')")
+                conn.execute("ROLLBACK")  # as SQLite does itself on SQLITE_FULL
+                raise KeyboardInterrupt
+        with database.read() as conn:
+            assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
+    finally:
+        database.close()

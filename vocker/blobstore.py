@@ -138,7 +138,7 @@ class BlobFiles:
     def setup(self) -> None:
         if (self.blob_dir / "ff").is_dir() and self.tmp_dir.is_dir():
             return  # made in order, so "ff" means all are there (saves 257 mkdirs per command)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for i in range(256):
             (self.blob_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
 
@@ -147,10 +147,11 @@ class BlobFiles:
         return self.blob_dir / h[:2] / h
 
     def stage(self, digest: str, data: bytes) -> Staged:
-        """Compress and write ``data`` (whose digest the caller computed) to a temp file."""
+        """Compress and write ``data`` (whose digest the caller computed) to a temp file, readable
+        by its owner only (whatever mode the file had in the venv, no one else sees it here)."""
         payload, codec = encode(data)
         tmp = os.path.join(self.tmp_dir, f"{hex_of(digest)[:16]}.{os.getpid()}.{next(_counter)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)

@@ -6,12 +6,22 @@ from typing import Any
 
 import cbor2
 
+from . import interrupts
 from .errors import FormatError
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode with RFC 8949 core deterministic rules (sorted map keys, shortest forms)."""
-    return cbor2.dumps(obj, canonical=True)
+    """Encode with RFC 8949 core deterministic rules (sorted map keys, shortest forms).
+
+    Ctrl-C is held off while cbor2 encodes (2 us): it checks every list with an
+    ``isinstance`` that runs Python code, and a KeyboardInterrupt raised there is
+    swallowed ("Exception ignored in ...") while the command goes on.
+    """
+    held = interrupts.hold()
+    try:
+        return cbor2.dumps(obj, canonical=True)
+    finally:
+        interrupts.release(held)
 
 
 def loads(data: bytes, what: str = "object", *, check_canonical: bool = True) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__, refs
+from . import __version__, interrupts, refs
 from .digest import short
 from .errors import VockerError
 from .store import Store
@@ -81,7 +81,7 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
     from .importer import import_tree
     from .venv import is_venv
 
-    tag = refs.normalize_tag(tag) if tag else None
+    tag = refs.new_tag(tag) if tag else None
     if directory.is_dir() and not is_venv(directory):
         err.print(f"{directory} has no pyvenv.cfg: importing it as a plain tree", markup=False)
     result = import_tree(_store(), directory, tag, python=python, reporter=RichReporter(), rehash=rehash)
@@ -278,7 +278,7 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
     """
     from .build import BuildRequest, build
 
-    tag = refs.normalize_tag(tag) if tag else None
+    tag = refs.new_tag(tag) if tag else None
     if specs and requirements:
         raise click.UsageError("give either SPECs or -r FILE, not both")
     if requirements is not None and requirements.suffix == ".toml" and requirements.name != "pyproject.toml":
@@ -424,7 +424,7 @@ def ps_cmd(show_all: bool) -> None:
 
 @cli.command("create")
 @click.argument("image_ref", metavar="IMAGE")
-@click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-').")
+@click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-'; at most 64).")
 def create_cmd(image_ref: str, name: str) -> None:
     """Create a named container: an image plus a writable layer that persists across mounts."""
     from . import containers
@@ -503,28 +503,45 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command: one line on stderr for any error; 130 for Ctrl-C, saying what is recorded."""
+    try:
+        interrupts.track()
+        code = _run(list(sys.argv[1:] if argv is None else argv))
+        if interrupts.swallowed():
+            raise KeyboardInterrupt  # lost in C code on the way: the command still ends as interrupted
+        interrupts.ignore()  # done: a Ctrl-C during the interpreter's exit would be a traceback or a kill
+    except KeyboardInterrupt:
+        interrupts.ignore()  # a second Ctrl-C must not cut the line short
+        err.print(f"vocker: {interrupts.message()}", markup=False)
+        code = 130
+    sys.exit(code)
+
+
+def _run(argv: list[str]) -> int | str | None:
+    """The command's exit code, having printed the one line of its error if it failed.
+    A KeyboardInterrupt goes on up to main(), from anywhere (also from these handlers)."""
     try:
         # Not cli.main(): it turns Ctrl-C into click's Abort after printing a blank line.
-        with cli.make_context("vocker", list(sys.argv[1:] if argv is None else argv)) as ctx:
+        with cli.make_context("vocker", argv) as ctx:
             cli.invoke(ctx)
+        return 0
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    except SystemExit as exc:  # a command's own exit code (verify, run, lookup)
+        return exc.code
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         err.print(f"vocker: error: {exc.format_message()}{hint}", markup=False)
-        sys.exit(2)
+        return 2
     except click.Abort:
         err.print("vocker: aborted", markup=False)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("vocker: interrupted; nothing was recorded", markup=False)
-        sys.exit(130)
+        return 1
     except click.ClickException as exc:
         err.print(f"vocker: error: {exc.format_message()}", markup=False)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except Exception as exc:
         if os.environ.get("VOCKER_DEBUG"):
             raise
         message, code = _one_line(exc)
         err.print(f"vocker: error: {message}", markup=False)
-        sys.exit(code)
+        return code

@@ -12,9 +12,10 @@ from typing import Any
 
 import attrs
 from .errors import UsageError
+from .home import private_dir
 from .store import Store
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # full match: no trailing newline
 
 
 @attrs.frozen
@@ -62,8 +63,8 @@ def all_containers(store: Store) -> list[Container]:
 
 def create(store: Store, image_ref: str, name: str | None) -> Container:
     """A container of an image: named ones persist, unnamed ones live for one mount."""
-    if name is not None and not _NAME_RE.match(name):
-        raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-'")
+    if name is not None and not _NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     image_id = store.resolve(image_ref)
     persistent = name is not None
     name = name or "tmp-" + secrets.token_hex(6)
@@ -74,6 +75,7 @@ def create(store: Store, image_ref: str, name: str | None) -> Container:
         conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
                      (name, image_id, time.time(), persistent))
         shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
+        private_dir(store.root / "containers")  # what is written into a mount stays the owner's
         upper.mkdir(parents=True)
         upper.chmod(0o755)  # the mount root's mode: not whatever umask the creator had
         (upper.parent / "work").mkdir()

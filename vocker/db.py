@@ -123,6 +123,7 @@ class Database:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        _make_private(path)
         if prefetch:
             self._prefetch()
         with self._connection() as conn:
@@ -135,7 +136,7 @@ class Database:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
 
     def _prefetch(self) -> None:
@@ -207,7 +208,7 @@ class Database:
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
                 conn.execute("COMMIT")
             finally:
@@ -221,6 +222,34 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction. Ctrl-C right after a COMMIT returned, or an
+    error SQLite already rolled back (a full disk), leaves none: a "cannot rollback" error then
+    would replace the exception that is on its way up."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _make_private(path: Path) -> None:
+    """The database file 0600 whatever the umask: it holds small files' contents inline.
+
+    Created here, before SQLite opens it (SQLite gives its -wal and -shm files the
+    database's mode); an existing wider one is tightened. Never opens an existing file:
+    closing a descriptor would drop the POSIX locks this process's connections hold on it.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # e.g. a read-only store: SQLite reports what matters
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:

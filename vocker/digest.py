@@ -8,7 +8,7 @@ import re
 from .errors import FormatError
 
 ALGORITHM = "sha256"
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def digest_bytes(data: bytes | memoryview) -> str:
@@ -16,7 +16,7 @@ def digest_bytes(data: bytes | memoryview) -> str:
 
 
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and _DIGEST_RE.match(value) is not None
+    return isinstance(value, str) and _DIGEST_RE.fullmatch(value) is not None
 
 
 def check_digest(value: object, what: str = "digest") -> str:

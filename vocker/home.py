@@ -7,12 +7,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
 
 LOCAL_DIR = ".vocker"
+#: A store's root and its containers/ are private to their owner: blobs and the database
+#: keep no file modes, so a venv's 0600 file would otherwise be readable by anyone there.
+PRIVATE_DIR_MODE = 0o700
 
 #: Set by the CLI's --local/--global for the whole invocation.
 _mode: str | None = None
@@ -46,3 +51,17 @@ def resolve_home(mode: str | None = None, cwd: Path | None = None) -> tuple[Path
 
 def default_home() -> Path:
     return resolve_home()[0]
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) private to its owner, or tighten it if it is wider.
+
+    Tightening an existing directory (as an older vocker left it, 0755) is what keeps
+    what is already in it private; the mode is set whatever the umask, also as root.
+    Where it cannot be changed (not ours, a read-only file system) it is left as it is.
+    """
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != PRIVATE_DIR_MODE:
+        with contextlib.suppress(OSError):
+            os.chmod(path, PRIVATE_DIR_MODE)

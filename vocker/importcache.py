@@ -70,8 +70,17 @@ def save(store: Store, context: str, rows: Iterable[tuple[str, os.stat_result, O
     files = {path: [stat_key(st), o.entry.to_cbor() if o.entry is not None else None, o.templated]
              for path, st, o in rows if st.st_mtime_ns < cutoff and st.st_ctime_ns < cutoff}
     target = _file(store, context)
-    with contextlib.suppress(OSError):  # a cache that cannot be written is no error
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pyzstd.compress(cbor.dumps({"v": 1, "context": context, "files": files}), 3))
+        payload = pyzstd.compress(cbor.dumps({"v": 1, "context": context, "files": files}), 3)
+        # 0600: small files' contents are in it, as in the database.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
         os.replace(tmp, target)
+    except BaseException as exc:  # Ctrl-C too: no temp file is left behind, and it goes on up
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(exc, OSError):  # a cache that cannot be written is no error
+            raise

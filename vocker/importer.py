@@ -20,7 +20,7 @@ from typing import Any, Iterator, Union
 
 import attrs
 
-from . import __version__, blobstore, importcache, normalize, template, venv, walk
+from . import __version__, blobstore, importcache, interrupts, normalize, template, venv, walk
 from .blobstore import Staged
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
@@ -158,6 +158,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
                 reporter: Reporter | None = None, rehash: bool = False) -> ImportResult:
     started = time.perf_counter()
     reporter = reporter or NullReporter()
+    recording = interrupts.recording()  # nothing recorded until its check says otherwise
     if not src.exists():
         raise UsageError(f"no such directory: {src}")
     if not src.is_dir():
@@ -285,6 +286,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         files = sum(1 for e in results.values() if e is not None)
         size = sum(e.size for e in results.values() if e is not None)
         infos = [s.info for s in ingest.staged.values()]
+        recording.check = lambda: _recorded(store, image_id, tag)
         with store.write() as conn:
             store.record_staged(conn, ingest.staged.values())
             store.record_objects(conn, "tree", objects)
@@ -297,6 +299,21 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         new_stored_bytes=sum(i.stored_size for i in infos), tag=tag,
         seconds=time.perf_counter() - started, unchanged=len(hits), escaping_links=tuple(sorted(walker.escaping)),
     )
+
+
+def _recorded(store: Store, image_id: str, tag: str | None) -> str | None:
+    """What an interrupted import left recorded: the image under its tag, or None (asked after
+    the fact, as Ctrl-C can land between the commit and any note of it)."""
+    if not store.database.path.exists():  # a scratch store (audit's), already deleted
+        return None
+    with store.read() as conn:
+        if conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:
+            return None
+        if tag is not None:
+            row = conn.execute("SELECT image_id FROM tags WHERE name = ?", (tag,)).fetchone()
+            if row is None or row[0] != image_id:
+                return None
+    return f"image {tag + ' ' if tag else ''}{image_id} is recorded"
 
 
 def _is_record(rel: Rel) -> bool:

@@ -24,8 +24,8 @@ from .errors import FormatError
 
 HEADER = "# vocker-lock: "
 KEY_VERSION = 1
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;]+)\s*(;.*)?$")
-_HASH = re.compile(r"^--hash=(sha256):([0-9a-f]{64})$")
+_PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;]+)\s*(;.*)?")
+_HASH = re.compile(r"--hash=(sha256):([0-9a-f]{64})")
 
 
 @attrs.frozen
@@ -84,12 +84,12 @@ def parse(text: str, where: str = "lock") -> Lock:
         requirement = " ".join(t for t in tokens if not t.startswith("--hash="))
         if requirement.startswith("-"):
             raise FormatError(f"{where}:{number}: options are not allowed in a lock: {requirement!r}")
-        m = _PIN.match(requirement)
+        m = _PIN.fullmatch(requirement)
         if not m or not hashes:
             raise FormatError(f"{where}:{number}: {requirement!r} is not pinned with hashes (name==version --hash=...)")
         parsed = []
         for h in hashes:
-            hm = _HASH.match(h)
+            hm = _HASH.fullmatch(h)
             if not hm:
                 raise FormatError(f"{where}:{number}: unsupported hash {h!r} (sha256 expected)")
             parsed.append(f"{hm.group(1)}:{hm.group(2)}")

@@ -23,7 +23,7 @@ from . import db, locking, refs
 from .blobstore import CHUNK, BlobFiles, BlobInfo, Staged
 from .digest import digest_bytes
 from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
-from .home import default_home
+from .home import default_home, private_dir
 from .manifest import Manifest
 from .tree import Entry, Kind, Tree
 
@@ -60,7 +60,7 @@ class Store:
         """``prefetch``: have the kernel read the database ahead (for a mount daemon)."""
         root = Path(root) if root is not None else default_home()
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            private_dir(root)  # see home.private_dir: nothing in a store is for other users
             blobs = BlobFiles(root)
             blobs.setup()
             database = db.Database(root / "vocker.db", prefetch)
@@ -315,7 +315,7 @@ class Store:
                      "ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id", (tag, image_id))
 
     def tag(self, ref: str, new_tag: str) -> str:
-        tag = refs.normalize_tag(new_tag)
+        tag = refs.new_tag(new_tag)
         image_id = self.resolve(ref)
         with self.write() as conn:
             self.set_tag(conn, tag, image_id)
