@@ -311,6 +311,7 @@ def test_verify_runs_sqlites_check_and_a_damaged_database_is_one_error(vocker, v
     assert proc.returncode == 1 and "database is damaged" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     proc = vocker("export", "one", tmp_path / "out", check=False)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "database is damaged" in proc.stderr, proc.stderr
 
 
 def test_image_removal_waits_for_a_running_gc(vocker, vocker_home: Path, tmp_path: Path) -> None:

@@ -288,7 +288,7 @@ class BlobFiles:
 @contextlib.contextmanager
 def _new_file(path: str) -> Iterator[io.BufferedWriter]:
     """A new temp file, removed again if writing it fails (the mode of ``stage``'s files)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

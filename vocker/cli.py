@@ -486,7 +486,7 @@ def shell_cmd(ref: str, python: Path | None) -> None:
 
 def _one_line(exc: BaseException) -> tuple[str, int]:
     """The message and exit code for an error; never a traceback."""
-    from sqlite3 import Error as DatabaseError
+    from sqlite3 import DatabaseError as Damaged, Error as DatabaseError
 
     if isinstance(exc, VockerError):
         return str(exc), exc.exit_code
@@ -497,6 +497,8 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
         if exc.errno == errno.EROFS:
             return f"read-only file system{where}", 1
         return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, Damaged) and ("malformed" in str(exc) or "not a database" in str(exc)):
+        return f"the store database is damaged ({exc}); 'vocker verify' tells more", 1
     if isinstance(exc, DatabaseError):
         return f"store database error: {exc}", 1
     return f"internal error: {type(exc).__name__}: {exc} (set VOCKER_DEBUG=1 for a traceback)", 70

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import attrs
-from . import db
+from . import db, scratch
 from .blobstore import CHUNK, BlobInfo
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
@@ -219,6 +219,7 @@ def gc(store: Store) -> GcResult:
         with contextlib.suppress(OSError):
             tmp.rmdir()
         tmp.mkdir(exist_ok=True)
+    scratch.remove_stale(store)  # exports to other file systems whose exporter died
     return GcResult(len(dead_blobs), freed, len(dead_objs), len(dead_pycs), orphans)
 
 
