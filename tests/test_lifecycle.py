@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,11 +20,23 @@ from typing import Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mounthelp import daemon_pids, fuse_mounts, mounted_under, query, wait_for  # noqa: E402
+from conftest import VockerRunner  # noqa: E402
+from conftest import _find_vocker_exe as vocker_exe  # noqa: E402
+from mounthelp import daemon_pids, force_cleanup, fuse_mounts, mounted_under, pid_alive, query, wait_for  # noqa: E402
 from test_containers import (DATA, DATA_KEY_RAW, assert_unmounted, img, no_leftover_mounts, ps_rows,  # noqa: E402,F401
                              set_profile, src)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE (fuse3 and /dev/fuse)")
+
+
+def fuse_mounts_dev(mountpoint: Path) -> str:
+    """major:minor of a FUSE mount (its connection), from /proc/self/mountinfo."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mountpoint):
+                return fields[2]
+    raise AssertionError(f"{mountpoint} is not mounted")
 
 
 def spawn(vocker, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
@@ -80,6 +93,53 @@ def test_force_unmount_of_a_hung_daemon_touches_nothing_in_the_mount(img: str, v
             prober.wait()
     assert ps_rows(vocker) == []
     assert query(vocker_home, "SELECT * FROM mounts") == [] and query(vocker_home, "SELECT * FROM containers") == []
+
+
+def _abort_all(devs: list[str]) -> None:
+    """Test cleanup: abort FUSE connections by major:minor (as the last resort of unmount --force)."""
+    for dev in devs:
+        major, minor = map(int, dev.split(":"))
+        with contextlib.suppress(OSError):
+            Path(f"/sys/fs/fuse/connections/{major << 20 | minor}/abort").write_text("1")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting fusectl needs root")
+def test_force_unmount_aborts_the_connection_of_a_daemon_deadlocked_in_the_kernel(img: str, vocker,
+                                                                                  vocker_home: Path) -> None:
+    """The last resort: a daemon serving a mount inside its own writable layer (what mount refuses)
+    deadlocks in the kernel, where SIGKILL cannot end it; only aborting its FUSE connection can."""
+    from vocker import containers, mounting
+    from vocker.store import Store
+
+    store = Store.open(vocker_home)
+    image_id = store.resolve(img)
+    container, lock = containers.create_throwaway(store, image_id)
+    m = containers.upper_dir(store, container.name) / "mnt"
+    m.mkdir()
+    r, w = os.pipe()
+    config = {"store": str(store.root), "container": container.name, "image_id": image_id, "mountpoint": str(m),
+              "read_only": False, "audit": False, "interpreter": None, "owner_pid": None, "ready_fd": w,
+              "lock_fd": lock}
+    mounting._start_daemon(store, config, containers.container_dir(store, container.name) / "daemon.log", r, w, lock)
+    try:
+        assert mounting._wait_ready(r).startswith("ok ")
+    finally:
+        os.close(r)
+        os.close(lock)
+    devs = [fuse_mounts_dev(m)]
+    (pid,), = query(vocker_home, "SELECT pid FROM mounts WHERE mountpoint = ?", str(m))
+    lister = subprocess.Popen(["ls", "-la", str(m)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert not wait_for(lambda: lister.poll() is not None, timeout=1), "no deadlock"
+        proc = vocker("unmount", "--force", m, check=False, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert str(m) not in fuse_mounts()
+        assert wait_for(lambda: lister.poll() is not None, timeout=10), "ls still waits"
+        assert wait_for(lambda: not pid_alive(pid), timeout=10), "the daemon still lives"
+    finally:
+        _abort_all(devs)
+        lister.kill()
+        lister.wait()
 
 
 # --------------------------------------------------------------------------- item 7: one mount per container
@@ -225,3 +285,34 @@ def test_ps_lists_an_orphaned_throw_away_container_and_unmount_cleans_it(img: st
     assert ps_rows(vocker) == [] and query(vocker_home, "SELECT * FROM containers") == []
     assert not orphan.exists()
     vocker("image", "rm", img)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_unmount_on_a_full_disk_says_so_and_leaves_nothing_that_blocks(img: str, vocker_home: Path,
+                                                                       tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        shutil.copytree(vocker_home, small / "home", symlinks=True)
+        cli = VockerRunner(small / "home", vocker_exe())
+        m = tmp_path / "m"
+        cli("mount", img, m)
+        (m / "written.txt").write_text("lost at unmount")
+        filler = small / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (64 << 10))
+        proc = cli("unmount", m, check=False)
+        assert_unmounted(m)
+        if proc.returncode != 0:  # what SQLite could not write is said, in one line
+            one_line_error(proc, f"unmounted {m}", "full")
+        filler.unlink()
+        assert [r[0] for r in ps_rows(cli) if r[-1] != "stale"] == []
+        cli("image", "rm", img)
+        assert query(small / "home", "SELECT * FROM containers") == []
+        assert query(small / "home", "SELECT * FROM mounts") == []
+        assert list((small / "home" / "containers").iterdir()) == []
+    finally:
+        force_cleanup(tmp_path)
+        subprocess.run(["umount", "-l", str(small)], check=False)

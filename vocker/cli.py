@@ -406,12 +406,11 @@ cli.add_command(unmount_cmd, "umount")
 def ps_cmd(show_all: bool) -> None:
     """List mounted containers and whether their daemons are healthy.
 
-    Also lists vocker mounts of this store's containers that have no record (unrecorded) and
-    throw-away containers a killed mount left (orphaned: 'vocker unmount' or 'vocker image rm'
-    removes them).
+    Also lists throw-away containers a killed mount left (orphaned: 'vocker unmount' or
+    'vocker image rm' removes them).
     """
     from . import containers
-    from .mounting import status, vocker_mounts
+    from .mounting import status
 
     store = _store()
     names = {r.id: (r.tags[0] if r.tags else short(r.id)) for r in store.images()}
@@ -425,15 +424,9 @@ def ps_cmd(show_all: bool) -> None:
         return names.get(c.image_id, short(c.image_id)) if c else "?"
 
     mounted = set()
-    records = containers.mounts(store)
-    for m in records:
+    for m in containers.mounts(store):  # the daemon records its mount before mounting
         mounted.add(m.container)
         table.add_row(m.container, image_of(m.container), m.mountpoint, str(m.pid), status(m))
-    recorded = {m.mountpoint for m in records}
-    for mountpoint, name in vocker_mounts().items():
-        if mountpoint not in recorded and name in by_name:
-            mounted.add(name)
-            table.add_row(name, image_of(name), mountpoint, "-", "unrecorded")
     for name in containers.orphans(store):
         if name in by_name and name not in mounted:
             table.add_row(name, image_of(name), "-", "-", "orphaned")

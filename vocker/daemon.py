@@ -126,14 +126,14 @@ def main(config: dict[str, Any]) -> int:
         if view is not None:
             view.close()  # ends its compiler process
         log.info("unmounted %s", mountpoint)
-        try:
-            record = containers.mount_of(store, mountpoint) if recorded else None
-            if record is not None and record.pid == os.getpid():
-                containers.forget_mount(store, mountpoint)
+        try:  # the throw-away container first: its files may be what filled the disk
             container = containers.get(store, name)
             if container is not None and not container.persistent:  # ours: we hold its lock
                 containers.remove(store, name, durable=False)
-        except Exception as exc:  # a later command removes what is left (mounting.reap_orphans)
+            record = containers.mount_of(store, mountpoint) if recorded else None
+            if record is not None and record.pid == os.getpid():
+                containers.forget_mount(store, mountpoint)
+        except Exception as exc:  # a later unmount or image rm removes what is left (mounting.reap_orphans)
             log.warning("cannot clean up after the mount: %s", exc)
     return 0
 

@@ -29,6 +29,7 @@ from typing import Iterator
 
 from . import containers
 from .containers import MountRecord
+from .db import Error as DatabaseError
 from .errors import UsageError, VockerError
 from .pythons import find_interpreter
 from .store import Store
@@ -60,12 +61,6 @@ def fuse_mounts() -> dict[str, tuple[str, str, str]]:
     except FileNotFoundError:
         pass
     return out
-
-
-def vocker_mounts() -> dict[str, str]:
-    """mount point -> container name of every vocker mount (fs type fuse.vocker, source vocker:NAME)."""
-    return {mp: source.removeprefix("vocker:") for mp, (_, kind, source) in fuse_mounts().items()
-            if kind == "fuse.vocker" and source.startswith("vocker:")}
 
 
 def resolve_mountpoint(path: Path | str) -> str:
@@ -342,8 +337,13 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
                 os.kill(record.pid, signal.SIGKILL)
             if not _wait_exit(store, record, 2) and live is not None and _abort_connection(live[0]):
                 _wait_exit(store, record, 2)
-        containers.forget_mount(store, mountpoint)
-    reap_orphans(store)
+    try:
+        if record is not None:
+            containers.forget_mount(store, mountpoint)
+        reap_orphans(store)
+    except (OSError, DatabaseError) as exc:  # a full disk: say what is done and what is left
+        raise VockerError(f"unmounted {mountpoint}, but cannot update the store ({exc}); 'vocker unmount' or "
+                          "'vocker image rm' cleans up once it can") from None
     return record
 
 
@@ -356,7 +356,7 @@ def reap_orphans(store: Store) -> list[str]:
     for name in containers.orphans(store):
         for m in containers.mounts(store):
             if m.container == name:
-                if m.mountpoint in vocker_mounts():
+                if fuse_mounts().get(m.mountpoint, ("", ""))[1] == "fuse.vocker":
                     _fusermount(m.mountpoint, lazy=True)
                 containers.forget_mount(store, m.mountpoint)
         if containers.reap(store, name):
