@@ -171,7 +171,7 @@ def orphans(store: Store) -> list[str]:
     rows = {c.name: c for c in all_containers(store)}
     root = store.root / "containers"
     names = [c.name for c in rows.values() if not c.persistent]
-    names += sorted(p.name for p in root.iterdir() if p.name not in rows) if root.is_dir() else []
+    names += sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in rows) if root.is_dir() else []
     return [name for name in names if not is_held(store, name)]
 
 

@@ -57,7 +57,8 @@ def fuse_mounts() -> dict[str, tuple[str, str, str]]:
                 left, _, right = line.partition(" - ")
                 fields, rfields = left.split(), right.split()
                 if rfields and rfields[0].startswith("fuse"):
-                    out[_unescape(fields[4])] = (fields[2], rfields[0], _unescape(rfields[1]) if len(rfields) > 1 else "")
+                    source = _unescape(rfields[1]) if len(rfields) > 1 else ""
+                    out[_unescape(fields[4])] = (fields[2], rfields[0], source)
     except FileNotFoundError:
         pass
     return out
