@@ -144,7 +144,10 @@ def image_inspect(image_ref: str) -> None:
 @click.argument("image_refs", metavar="IMAGE...", nargs=-1, required=True)
 def image_rm(image_refs: tuple[str, ...]) -> None:
     """Remove images (or just the given tag when the image has others). Run 'vocker gc' to free space."""
+    from .mounting import reap_orphans
+
     store = _store()
+    reap_orphans(store)  # throw-away containers left by a killed mount would keep their image
     for ref in image_refs:
         image_id, deleted = store.remove(ref)
         out.print(f"{'Deleted' if deleted else 'Untagged'}: {image_id if deleted else refs.normalize_tag(ref)}",
@@ -362,16 +365,18 @@ def config_cmd() -> None:
 
 @cli.command("mount")
 @click.argument("ref", metavar="IMAGE|CONTAINER")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory")
 @click.option("--read-only", is_flag=True, help="No writable layer: writes fail with EROFS.")
 @click.option("--audit", is_flag=True, help="Read-only, noexec,nosuid,nodev; raw contents, no scaffolding.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment (default: a matching one found on this machine).")
-def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: Path | None) -> None:
+def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Path | None) -> None:
     """Mount an image or a named container at DIRECTORY and return; a background process serves it.
 
     An image gets a throw-away writable layer, discarded at unmount; a named container
-    (see 'vocker create') keeps its writable layer across mounts.
+    (see 'vocker create') keeps its writable layer across mounts, and is mounted at one
+    place at a time. A symlink as DIRECTORY mounts at its target; DIRECTORY may not be
+    inside the store.
 
     What a mount of the image read in its first seconds is read ahead in the
     background by its next mounts, so their cold starts are nearly as fast as
@@ -384,10 +389,12 @@ def mount_cmd(ref: str, directory: Path, read_only: bool, audit: bool, python: P
 
 
 @cli.command("unmount")
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.option("-f", "--force", is_flag=True, help="Also when busy (lazy) or when the daemon is dead or hung.")
-def unmount_cmd(directory: Path, force: bool) -> None:
-    """Unmount a container mounted with 'vocker mount'."""
+@click.argument("directory")  # a plain string: click.Path would stat() a hung mount and hang
+@click.option("-f", "--force", is_flag=True,
+              help="Also when busy (lazy) or when the daemon is dead or hung (killed; its FUSE connection "
+                   "aborted as a last resort). Never looks into the mount.")
+def unmount_cmd(directory: str, force: bool) -> None:
+    """Unmount a container mounted with 'vocker mount' (DIRECTORY or a symlink to it)."""
     from .mounting import unmount
 
     unmount(_store(), directory, force=force)
@@ -400,7 +407,11 @@ cli.add_command(unmount_cmd, "umount")
 @cli.command("ps")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also list named containers that are not mounted.")
 def ps_cmd(show_all: bool) -> None:
-    """List mounted containers and whether their daemons are healthy."""
+    """List mounted containers and whether their daemons are healthy.
+
+    Also lists throw-away containers a killed mount left (orphaned: 'vocker unmount' or
+    'vocker image rm' removes them).
+    """
     from . import containers
     from .mounting import status
 
@@ -410,11 +421,18 @@ def ps_cmd(show_all: bool) -> None:
     for col in ("CONTAINER", "IMAGE", "MOUNT POINT", "PID", "STATUS"):
         table.add_column(col, no_wrap=True)
     by_name = {c.name: c for c in containers.all_containers(store)}
+
+    def image_of(name: str) -> str:
+        c = by_name.get(name)
+        return names.get(c.image_id, short(c.image_id)) if c else "?"
+
     mounted = set()
-    for m in containers.mounts(store):
-        c = by_name.get(m.container)
+    for m in containers.mounts(store):  # the daemon records its mount before mounting
         mounted.add(m.container)
-        table.add_row(m.container, names.get(c.image_id, "?") if c else "?", m.mountpoint, str(m.pid), status(m))
+        table.add_row(m.container, image_of(m.container), m.mountpoint, str(m.pid), status(m))
+    for name in containers.orphans(store):
+        if name in by_name and name not in mounted:
+            table.add_row(name, image_of(name), "-", "-", "orphaned")
     if show_all:
         for c in by_name.values():
             if c.name not in mounted and c.persistent:
@@ -450,7 +468,17 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
                 if not force and status(m) != "stale":
                     raise VockerError(f"container {name} is mounted at {m.mountpoint}; unmount it or use --force")
                 unmount(store, m.mountpoint, force=True)
-        containers.remove(store, name)
+        try:
+            lock = containers.claim(store, name)
+        except FileNotFoundError:
+            lock = -1  # its directory is gone already
+        if lock is None:
+            raise VockerError(f"container {name} is in use (being mounted or served); try again or unmount it")
+        try:
+            containers.remove(store, name)
+        finally:
+            if lock >= 0:
+                os.close(lock)
         out.print(f"Removed container {name}", markup=False)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import secrets
 import shutil
@@ -48,6 +50,31 @@ def upper_dir(store: Store, name: str) -> Path:
     return container_dir(store, name) / "upper"
 
 
+def claim(store: Store, name: str) -> int | None:
+    """Take the container's lock: an open file descriptor, or None when another process holds it.
+
+    The process that serves a mount holds it for its whole life (the mount command takes it and
+    the daemon inherits it), and so does whoever creates or removes the container. It is an
+    flock, so it ends with its holder however that ends (kill -9 included): a container whose
+    lock is free has no live mount daemon and nobody working on it. FileNotFoundError when the
+    container's directory is gone.
+    """
+    path = container_dir(store, name) / "lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:  # the holder may have removed the container between our open and flock
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def get(store: Store, name: str) -> Container | None:
     with store.read() as conn:
         row = conn.execute("SELECT name, image_id, created, persistent FROM containers WHERE name = ?",
@@ -61,35 +88,112 @@ def all_containers(store: Store) -> list[Container]:
     return [Container(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
 
-def create(store: Store, image_ref: str, name: str | None) -> Container:
-    """A container of an image: named ones persist, unnamed ones live for one mount."""
-    if name is not None and not _NAME_RE.fullmatch(name):
+def create(store: Store, image_ref: str, name: str) -> Container:
+    """A named container of an image: its writable layer persists across mounts."""
+    if not _NAME_RE.fullmatch(name):
         raise UsageError(f"invalid container name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
-    image_id = store.resolve(image_ref)
-    persistent = name is not None
-    name = name or "tmp-" + secrets.token_hex(6)
-    upper = upper_dir(store, name)
-    with store.write(durable=persistent) as conn:
-        if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
-            raise UsageError(f"container {name!r} already exists")
-        conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
-                     (name, image_id, time.time(), persistent))
-        shutil.rmtree(container_dir(store, name), ignore_errors=True)  # leftovers of a crashed removal
-        private_dir(store.root / "containers")  # what is written into a mount stays the owner's
-        upper.mkdir(parents=True)
-        upper.chmod(0o755)  # the mount root's mode: not whatever umask the creator had
-        (upper.parent / "work").mkdir()
-    return Container(name, image_id, time.time(), persistent)
+    container, fd = _create(store, store.resolve(image_ref), name, persistent=True)
+    os.close(fd)
+    return container
+
+
+def create_throwaway(store: Store, image_id: str) -> tuple[Container, int]:
+    """A container for one mount, and its lock (see :func:`claim`), which the mount keeps.
+
+    The directory and lock exist before the row, so a row whose lock is free is never one
+    being set up: :func:`orphans` may remove it.
+    """
+    return _create(store, image_id, "tmp-" + secrets.token_hex(6), persistent=False)
+
+
+def _create(store: Store, image_id: str, name: str, *, persistent: bool) -> tuple[Container, int]:
+    directory = container_dir(store, name)
+    private_dir(store.root / "containers")  # what is written into a mount stays the owner's
+    while True:
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = claim(store, name)
+            break
+        except FileNotFoundError:  # reaped as an orphan directory between the two: again
+            continue
+    if fd is None:
+        raise UsageError(f"container {name!r} already exists")
+    try:
+        with store.write(durable=persistent) as conn:
+            if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                raise UsageError(f"container {name!r} already exists")
+            for leftover in ("upper", "work"):  # of a crashed removal
+                shutil.rmtree(directory / leftover, ignore_errors=True)
+            (directory / "upper").mkdir()
+            (directory / "upper").chmod(0o755)  # the mount root's mode: not whatever umask the creator had
+            (directory / "work").mkdir()
+            conn.execute("INSERT INTO containers (name, image_id, created, persistent) VALUES (?, ?, ?, ?)",
+                         (name, image_id, time.time(), persistent))
+    except BaseException:
+        os.close(fd)
+        raise
+    return Container(name, image_id, time.time(), persistent), fd
 
 
 def remove(store: Store, name: str, *, durable: bool = True) -> None:
-    """Forget a container and delete its writable layer (the caller checked it is not mounted).
+    """Forget a container and delete its writable layer (the caller holds its lock, see :func:`claim`).
 
-    ``durable=False`` for throw-away containers: no fsync, as their row means nothing after a power loss.
+    ``durable=False`` for throw-away containers: no fsync, as their row means nothing after a
+    power loss; their files go first, as they may be what filled the disk. Whatever an
+    interrupted removal leaves (a row without files, files without a row) is an orphan for
+    :func:`reap`.
     """
+    if not durable:
+        shutil.rmtree(container_dir(store, name), ignore_errors=True)
     with store.write(durable=durable) as conn:
         conn.execute("DELETE FROM containers WHERE name = ?", (name,))
     shutil.rmtree(container_dir(store, name), ignore_errors=True)
+
+
+def is_held(store: Store, name: str) -> bool:
+    """Whether a process holds the container's lock (serves a mount of it, creates or removes it)."""
+    try:  # no lock file: nobody holds it (or its holder is removing the container)
+        fd = os.open(container_dir(store, name) / "lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def orphans(store: Store) -> list[str]:
+    """Throw-away containers, and directories without a container, that no process holds.
+
+    What a killed ``vocker mount`` or mount daemon leaves behind: nothing can ever use them.
+    """
+    rows = {c.name: c for c in all_containers(store)}
+    root = store.root / "containers"
+    names = [c.name for c in rows.values() if not c.persistent]
+    names += sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in rows) if root.is_dir() else []
+    return [name for name in names if not is_held(store, name)]
+
+
+def reap(store: Store, name: str) -> bool:
+    """Remove an orphan (see :func:`orphans`) unless a process holds it by now; whether it did."""
+    try:
+        fd = claim(store, name)
+    except FileNotFoundError:
+        fd = -1  # the directory is gone: a row may be left
+    if fd is None:
+        return False
+    try:
+        container = get(store, name)
+        if container is not None and container.persistent:
+            return False
+        remove(store, name, durable=False)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def record_mount(store: Store, mountpoint: str, container: str, pid: int, options: dict[str, Any]) -> None:

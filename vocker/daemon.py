@@ -4,6 +4,10 @@ Run as ``python -m vocker.daemon CONFIG_JSON``. It reports readiness (or the err
 that stopped it) on the file descriptor given in the config, then serves until the
 mount is unmounted; with ``owner_pid`` it unmounts itself once that process is gone,
 so a test or ``vocker run`` killed with -9 does not leave its mount behind.
+
+It holds its container's lock (``lock_fd``, inherited from ``vocker mount``) until it
+exits, and records its mount before mounting: whoever kills what, a live mount is
+listed by ``vocker ps`` and a container nobody holds is an orphan to remove.
 """
 
 from __future__ import annotations
@@ -76,9 +80,13 @@ def main(config: dict[str, Any]) -> int:
     from . import containers
     from .store import Store
 
+    if config.get("lock_fd") is not None:  # held until exit; no program this process starts keeps it
+        os.set_inheritable(config["lock_fd"], False)
     store = Store.open(Path(config["store"]), prefetch=True)
     name = config["container"]
+    mountpoint = config["mountpoint"]
     view: ContainerView | None = None
+    recorded = False
     try:
         from fs_backends.fuse_linux import serve
         from .view import ContainerView
@@ -93,7 +101,10 @@ def main(config: dict[str, Any]) -> int:
         if config.get("owner_pid"):
             threading.Thread(target=_watch_owner, args=(config["owner_pid"], config["mountpoint"]),
                              daemon=True).start()
-        log.info("serving container %s (image %s) at %s", name, config["image_id"], config["mountpoint"])
+        containers.record_mount(store, mountpoint, name, os.getpid(),
+                                {"read_only": config["read_only"], "audit": config["audit"]})
+        recorded = True
+        log.info("serving container %s (image %s) at %s", name, config["image_id"], mountpoint)
         # The read-ahead goes through the mount, so its reads are served like any request. A
         # warm-up looping in here instead held the GIL while the first requests, the ones a
         # waiting user sees, queued behind it (3-4x slower `python -c pass`).
@@ -114,13 +125,16 @@ def main(config: dict[str, Any]) -> int:
     finally:
         if view is not None:
             view.close()  # ends its compiler process
-        log.info("unmounted %s", config["mountpoint"])
-        record = containers.mount_of(store, config["mountpoint"])
-        if record is not None and record.pid == os.getpid():
-            containers.forget_mount(store, config["mountpoint"])
-        container = containers.get(store, name)
-        if container is not None and not container.persistent and record is not None and record.pid == os.getpid():
-            containers.remove(store, name, durable=False)
+        log.info("unmounted %s", mountpoint)
+        try:  # the throw-away container first: its files may be what filled the disk
+            container = containers.get(store, name)
+            if container is not None and not container.persistent:  # ours: we hold its lock
+                containers.remove(store, name, durable=False)
+            record = containers.mount_of(store, mountpoint) if recorded else None
+            if record is not None and record.pid == os.getpid():
+                containers.forget_mount(store, mountpoint)
+        except Exception as exc:  # a later unmount or image rm removes what is left (mounting.reap_orphans)
+            log.warning("cannot clean up after the mount: %s", exc)
     return 0
 
 

@@ -2,8 +2,13 @@
 
 ``mount`` starts a daemon (vocker.daemon) and returns once the kernel mount is in
 place; ``unmount`` asks the kernel to unmount, which ends the daemon. A daemon
-that died or hangs is handled with ``force``: kill it, lazy-unmount, and as a last
-resort abort the FUSE connection — never a reboot.
+that died or hangs is handled with ``force``: lazy-unmount, kill it, and as a last
+resort abort the FUSE connection — never a reboot, and never a look into the mount
+(a stat of a hung mount waits forever).
+
+The daemon holds its container's lock (containers.claim) for its whole life and records
+its mount before mounting, so a kill -9 anywhere leaves either a recorded mount or a
+container nobody holds, which ``reap_orphans`` removes.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from typing import Iterator
 
 from . import containers
 from .containers import MountRecord
+from .db import Error as DatabaseError
 from .errors import UsageError, VockerError
 from .pythons import find_interpreter
 from .store import Store
 
 READY_TIMEOUT = 60.0
+#: Where the kernel's fusectl file system shows FUSE connections (mounted on demand).
+FUSECTL = "/sys/fs/fuse/connections"
 #: How long unmount retries a busy mount (the daemon's read-ahead closes its files within one read).
 BUSY_GRACE = 0.5
 
@@ -40,8 +48,8 @@ def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def fuse_mounts() -> dict[str, tuple[str, str]]:
-    """mount point -> (major:minor, fs type) for FUSE mounts, read without touching the mounts."""
+def fuse_mounts() -> dict[str, tuple[str, str, str]]:
+    """mount point -> (major:minor, fs type, source) for FUSE mounts, read without touching the mounts."""
     out = {}
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
@@ -49,10 +57,31 @@ def fuse_mounts() -> dict[str, tuple[str, str]]:
                 left, _, right = line.partition(" - ")
                 fields, rfields = left.split(), right.split()
                 if rfields and rfields[0].startswith("fuse"):
-                    out[_unescape(fields[4])] = (fields[2], rfields[0])
+                    source = _unescape(rfields[1]) if len(rfields) > 1 else ""
+                    out[_unescape(fields[4])] = (fields[2], rfields[0], source)
     except FileNotFoundError:
         pass
     return out
+
+
+def resolve_mountpoint(path: Path | str) -> str:
+    """The absolute path a mount point names, symlinks resolved, without looking into any mount.
+
+    mount and unmount both use it, so a symlink names its target for both. The parent is
+    resolved with realpath; the last component is followed only while it is a symlink and not
+    a mount point, as a stat of a mount point waits for its daemon (which may hang).
+    """
+    path = os.path.abspath(path)
+    mounts = fuse_mounts()
+    for _ in range(40):  # the kernel's limit of symlinks in one lookup
+        parent, name = os.path.split(path)
+        if name in ("", ".", ".."):
+            return os.path.realpath(path)
+        path = os.path.join(os.path.realpath(parent), name)
+        if path in mounts or not os.path.islink(path):
+            return path
+        path = os.path.join(os.path.dirname(path), os.readlink(path).rstrip("/") or "/")
+    raise UsageError(f"too many levels of symbolic links: {path}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -92,10 +121,15 @@ def status(record: MountRecord) -> str:
     return "healthy" if responsive(record.mountpoint) else "hung"
 
 
-def _check_mountpoint(path: Path) -> str:
-    path = path.absolute()
-    if str(path) in fuse_mounts():
-        raise UsageError(f"{path} is already a mount point")
+def _check_mountpoint(store: Store, mountpoint: str) -> None:
+    """Refuse (or create) the resolved mount point: an empty directory outside the store."""
+    root = os.path.realpath(store.root)
+    if mountpoint == root or mountpoint.startswith(root.rstrip("/") + "/"):
+        # the daemon would serve requests on the files it serves from (its own upper/: a deadlock)
+        raise UsageError(f"mount point {mountpoint} is inside the store {root}")
+    if mountpoint in fuse_mounts():
+        raise UsageError(f"{mountpoint} is already a mount point")
+    path = Path(mountpoint)
     if path.exists() and not path.is_dir():
         raise UsageError(f"mount point is not a directory: {path}")
     try:
@@ -104,57 +138,76 @@ def _check_mountpoint(path: Path) -> str:
         raise UsageError(f"cannot create mount point {path}: {exc.strerror or exc}") from None
     if any(path.iterdir()):
         raise UsageError(f"mount point is not empty: {path}")
-    return os.path.realpath(path)
 
 
-def mount(store: Store, ref: str, path: Path, *, read_only: bool = False, audit: bool = False,
+def _claim_named(store: Store, name: str) -> int:
+    """The named container's lock, or the error that it is mounted (one mount per container)."""
+    try:
+        lock = containers.claim(store, name)
+    except FileNotFoundError:
+        raise VockerError(f"container {name} has lost its directory {containers.container_dir(store, name)}; "
+                          "remove it with 'vocker rm'") from None
+    if lock is None:
+        where = [m.mountpoint for m in containers.mounts(store) if m.container == name]
+        raise UsageError(f"container {name} is already mounted" + (f" at {where[0]}" if where else ""))
+    if containers.get(store, name) is None:  # removed while we waited for nothing
+        os.close(lock)
+        raise UsageError(f"no such container: {name}")
+    return lock
+
+
+def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, audit: bool = False,
           owner_pid: int | None = None, python: Path | None = None) -> MountRecord:
     """Mount a container (by name) or a fresh throw-away container of an image (by ref)."""
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         raise VockerError("FUSE is not available: install fuse3 (apt-get install fuse3) and make sure /dev/fuse exists")
-    mountpoint = _check_mountpoint(path)
+    mountpoint = resolve_mountpoint(path)
+    _check_mountpoint(store, mountpoint)
     container = containers.get(store, ref)
-    if container is not None:
-        for m in containers.mounts(store):
-            if m.container == container.name and status(m) != "stale":
-                raise UsageError(f"container {container.name} is already mounted at {m.mountpoint}")
-    image_id = container.image_id if container is not None else store.resolve(ref)
-    manifest = store.manifest(image_id)
-    interpreter = None
-    if manifest.kind == "venv" and not audit:
-        assert manifest.python is not None
-        interpreter = find_interpreter(manifest.python, store.image(image_id).provenance.get("base_interpreter"), python)
-    if container is None:
-        container = containers.create(store, image_id, None)
-    read_only = read_only or audit
-    log_path = containers.container_dir(store, container.name) / "daemon.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    r, w = os.pipe()
-    config = {"store": str(store.root), "container": container.name, "image_id": image_id,
-              "mountpoint": mountpoint, "read_only": read_only, "audit": audit, "interpreter": interpreter,
-              "owner_pid": owner_pid, "ready_fd": w}
+    lock: int | None = None
     try:
-        _start_daemon(store, config, log_path, r, w)
-        message = _wait_ready(r)
+        if container is not None:
+            lock = _claim_named(store, container.name)
+        image_id = container.image_id if container is not None else store.resolve(ref)
+        manifest = store.manifest(image_id)
+        interpreter = None
+        if manifest.kind == "venv" and not audit:
+            assert manifest.python is not None
+            interpreter = find_interpreter(manifest.python, store.image(image_id).provenance.get("base_interpreter"),
+                                           python)
+        if container is None:
+            container, lock = containers.create_throwaway(store, image_id)
+        assert lock is not None
+        read_only = read_only or audit
+        log_path = containers.container_dir(store, container.name) / "daemon.log"
+        r, w = os.pipe()
+        options = {"read_only": read_only, "audit": audit}
+        config = {"store": str(store.root), "container": container.name, "image_id": image_id,
+                  "mountpoint": mountpoint, "read_only": read_only, "audit": audit, "interpreter": interpreter,
+                  "owner_pid": owner_pid, "ready_fd": w, "lock_fd": lock}
+        try:
+            _start_daemon(store, config, log_path, r, w, lock)
+            message = _wait_ready(r)
+        finally:
+            os.close(r)
+        if not message.startswith("ok "):
+            if message.startswith("error: ") and not container.persistent:  # the daemon gave up: nobody uses it
+                containers.remove(store, container.name, durable=False)
+            raise VockerError(f"mount failed: {message.removeprefix('error: ')} (log: {log_path})")
+        # the daemon recorded the mount itself, before mounting
+        return MountRecord(mountpoint, container.name, int(message.split()[1]), time.time(), options)
     finally:
-        os.close(r)
-    if not message.startswith("ok "):
-        if not container.persistent:
-            containers.remove(store, container.name, durable=False)
-        raise VockerError(f"mount failed: {message.removeprefix('error: ')} (log: {log_path})")
-    pid = int(message.split()[1])
-    options = {"read_only": read_only, "audit": audit}
-    containers.record_mount(store, mountpoint, container.name, pid, options)
-    return MountRecord(mountpoint, container.name, pid, time.time(), options)
+        if lock is not None:
+            os.close(lock)  # the daemon keeps its own copy for its life
 
 
-def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: int, w: int) -> None:
+def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: int, w: int, lock: int) -> None:
     """Start the serving process, which reports "ok PID" or "error: ..." on the pipe.
 
     A single-threaded caller (the CLI) double-forks, so the daemon starts with every
     module already imported (a mount takes tens of milliseconds, not a Python start-up)
     and is re-parented to init. Forking a multi-threaded process is unsafe, so there
-    the daemon is a fresh interpreter instead.
+    the daemon is a fresh interpreter instead. Either way it inherits the container's lock.
     """
     if hasattr(os, "fork") and threading.active_count() == 1:
         # No SQLite connection may be open across fork: the child would inherit the
@@ -185,7 +238,7 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
     _spawned[:] = [p for p in _spawned if p.poll() is None]  # reap daemons that have exited since
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "vocker.daemon", json.dumps(config)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, pass_fds=(w,), start_new_session=True)
+                                stdout=log, stderr=log, pass_fds=(w, lock), start_new_session=True)
     os.close(w)
     _spawned.append(proc)
 
@@ -204,7 +257,8 @@ def _wait_ready(fd: int) -> str:
                 break
     text = data.decode(errors="replace").strip()
     if not text:
-        return "the mount daemon exited or did not become ready in time"
+        return ("error: the mount daemon exited before it was ready" if time.monotonic() < deadline
+                else "the mount daemon did not become ready in time")
     return text
 
 
@@ -218,38 +272,52 @@ def _busy(result: subprocess.CompletedProcess[str]) -> bool:
     return result.returncode != 0 and "busy" in result.stderr.lower()
 
 
-def _abort_connection(mountpoint: str) -> None:
-    dev = fuse_mounts().get(mountpoint, ("", ""))[0]
-    minor = dev.split(":")[-1]
-    if minor:
-        with contextlib.suppress(OSError):
-            Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
+def _abort_connection(dev: str) -> bool:
+    """Fail every request of a FUSE connection (by the mount's major:minor), mounting fusectl if needed.
+
+    The last resort for a daemon that even SIGKILL does not end (stuck in the kernel on a
+    request of its own mount); whether the abort was written.
+    """
+    major, _, minor = dev.partition(":")
+    if not (major.isdigit() and minor.isdigit()):
+        return False
+    abort = Path(FUSECTL, str(int(major) << 20 | int(minor)), "abort")  # the kernel's dev_t, as fusectl names it
+    if not abort.exists():
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
+    try:
+        abort.write_text("1")
+        return True
+    except OSError:
+        return False
 
 
-def _locate(store: Store, path: str) -> str:
-    """The recorded spelling of a mount point, without stat()ing the mount (it may hang)."""
-    given = os.path.abspath(path)
-    known = set(fuse_mounts()) | {m.mountpoint for m in containers.mounts(store)}
-    if given in known:
-        return given
-    resolved = os.path.join(os.path.realpath(os.path.dirname(given)), os.path.basename(given))
-    return resolved
+def _wait_exit(store: Store, record: MountRecord, seconds: float) -> bool:
+    """Wait until the daemon is gone: dead, and its container's lock released (it is released only
+    when the last of its threads has exited, after the pid already reads as a zombie)."""
+    def gone() -> bool:
+        return not pid_alive(record.pid) and not containers.is_held(store, record.container)
+
+    deadline = time.monotonic() + seconds
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return gone()
 
 
 def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountRecord | None:
-    mountpoint = _locate(store, str(path))
+    """Unmount a vocker mount (recorded, or seen in /proc/self/mountinfo) and clean up after it.
+
+    Nothing here looks into the mount: with ``force`` a hung daemon is unmounted lazily,
+    killed, and if even that does not end it, its FUSE connection is aborted.
+    """
+    mountpoint = resolve_mountpoint(path)
     record = containers.mount_of(store, mountpoint)
-    mounted = mountpoint in fuse_mounts()
-    if record is None and not mounted:
+    live = fuse_mounts().get(mountpoint)
+    if record is None and (live is None or live[1] != "fuse.vocker"):
         raise UsageError(f"not a vocker mount: {path}")
-    if record is None and not fuse_mounts()[mountpoint][1].endswith("vocker"):
-        raise UsageError(f"not a vocker mount: {path}")
-    if mounted:
-        if force and record is not None and pid_alive(record.pid) and not responsive(mountpoint, 1.0):
-            _abort_connection(mountpoint)  # hung daemon: fail every pending request
-        if record is not None:
-            with contextlib.suppress(OSError):  # stop the daemon's read-ahead, whose open files make the mount busy
-                containers.unmount_flag(store, record.container).touch()
+    if live is not None:
+        name = record.container if record is not None else live[2].removeprefix("vocker:")
+        with contextlib.suppress(OSError):  # stop the daemon's read-ahead, whose open files make the mount busy
+            containers.unmount_flag(store, name).touch()
         result = _fusermount(mountpoint, lazy=False)
         deadline = time.monotonic() + BUSY_GRACE
         while _busy(result) and time.monotonic() < deadline:
@@ -262,17 +330,39 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
                                   else f"cannot unmount {mountpoint}: {result.stderr.strip()}")
             _fusermount(mountpoint, lazy=True)
     if record is not None:
-        deadline = time.monotonic() + (2 if force else 10)
-        while pid_alive(record.pid) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if pid_alive(record.pid) and force:
+        if not _wait_exit(store, record, 2 if force else 10):
+            if not force:
+                raise VockerError(f"the mount daemon (pid {record.pid}) of {mountpoint} did not exit; "
+                                  "use --force to kill it")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
-        containers.forget_mount(store, mountpoint)
-        container = containers.get(store, record.container)
-        if container is not None and not container.persistent:
-            containers.remove(store, container.name, durable=False)
+            if not _wait_exit(store, record, 2) and live is not None and _abort_connection(live[0]):
+                _wait_exit(store, record, 2)
+    try:
+        if record is not None:
+            containers.forget_mount(store, mountpoint)
+        reap_orphans(store)
+    except (OSError, DatabaseError) as exc:  # a full disk: say what is done and what is left
+        raise VockerError(f"unmounted {mountpoint}, but cannot update the store ({exc}); 'vocker unmount' or "
+                          "'vocker image rm' cleans up once it can") from None
     return record
+
+
+def reap_orphans(store: Store) -> list[str]:
+    """Remove throw-away containers no process holds (left by a killed mount command or daemon).
+
+    Their mount records go too, and a mount of them still in the kernel is detached.
+    """
+    reaped = []
+    for name in containers.orphans(store):
+        for m in containers.mounts(store):
+            if m.container == name:
+                if fuse_mounts().get(m.mountpoint, ("", ""))[1] == "fuse.vocker":
+                    _fusermount(m.mountpoint, lazy=True)
+                containers.forget_mount(store, m.mountpoint)
+        if containers.reap(store, name):
+            reaped.append(name)
+    return reaped
 
 
 @contextlib.contextmanager
