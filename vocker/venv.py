@@ -55,7 +55,7 @@ def is_scaffold(rel: tuple[str, ...], site_packages: tuple[str, ...]) -> bool:
     if len(rel) == 1:
         return rel[0] in _ROOT_SCAFFOLD
     if len(rel) == 2 and rel[0] in ("bin", "Scripts"):
-        return rel[1] in _BIN_SCAFFOLD or _PYTHON_LINK.match(rel[1]) is not None
+        return rel[1] in _BIN_SCAFFOLD or _PYTHON_LINK.fullmatch(rel[1]) is not None
     if len(rel) == len(site_packages) + 1 and rel[:-1] == site_packages:
         return rel[-1] in _SITE_SCAFFOLD or rel[-1].endswith(".virtualenv")
     return False
