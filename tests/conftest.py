@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for  # noqa: E402
 from wheelfactory import build_wheel  # noqa: E402
 
 # --------------------------------------------------------------------------- wheels
@@ -310,3 +311,17 @@ def _find_vocker_exe() -> Path | None:
 def vocker(vocker_home: Path) -> VockerRunner:
     """Callable running the ``vocker`` CLI against ``vocker_home``; see :class:`VockerRunner`."""
     return VockerRunner(vocker_home, _find_vocker_exe())
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+@pytest.fixture
+def no_leftover_mounts(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Teardown: force-unmount anything under tmp_path and kill its mount daemons, pass or fail;
+    fails the test if anything was left. Modules that mount use it for every test
+    (``pytest.mark.usefixtures("no_leftover_mounts")``)."""
+    yield
+    wait_for(lambda: not mounted_under(tmp_path) and not daemon_pids(tmp_path), timeout=3)
+    leftovers = force_cleanup(tmp_path)
+    assert not leftovers, f"left behind after the test: {leftovers}"

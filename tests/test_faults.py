@@ -24,24 +24,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for  # noqa: E402
+from mounthelp import mounted_under  # noqa: E402
 from test_crash import SITE, blob_files, reap, store_state, verify_in_process  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                reason="needs FUSE (fuse3 and /dev/fuse)")
+pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
+                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
+              pytest.mark.usefixtures("no_leftover_mounts")]
 
 SEED = 20261130
 OPERATIONS = ("import", "export", "gc", "build", "mount")
 TRIALS = 15
 BUILDS = (("alpha==2.0",), ("gamma==1.0",), ("alpha==1.0", "gamma==1.0"), ("beta",))  # the last: calibration
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_mounts(tmp_path: Path):  # type: ignore[no-untyped-def]
-    yield
-    wait_for(lambda: not mounted_under(tmp_path) and not daemon_pids(tmp_path), timeout=3)
-    leftovers = force_cleanup(tmp_path)
-    assert not leftovers, f"left behind after the test: {leftovers}"
 
 
 def paths(root: Path) -> set[str]:

@@ -3,7 +3,7 @@ damaged or hostile store is an error (EIO in a mount, one line in a command), ne
 bytes, a traceback or a silently deleted blob.
 
 Hostile stores are written with ``storecraft`` (rows put in the database directly, as an
-attacker or a bad disk would); every mount is cleaned up by the autouse fixture.
+attacker or a bad disk would); every mount is cleaned up by conftest's ``no_leftover_mounts``.
 """
 
 from __future__ import annotations
@@ -18,29 +18,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import storecraft as craft  # noqa: E402
 from conftest import _find_vocker_exe  # noqa: E402
-from mounthelp import daemon_pids, force_cleanup, mounted_under, query, wait_for  # noqa: E402
+from mounthelp import query  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                reason="needs FUSE (fuse3 and /dev/fuse)")
+pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
+                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
+              pytest.mark.usefixtures("no_leftover_mounts")]
 
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 SITE = f"lib/{PY}/site-packages"
 TAG = sys.implementation.cache_tag
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_for(lambda: not mounted_under(tmp_path) and not daemon_pids(tmp_path), timeout=3)
-    leftovers = force_cleanup(tmp_path)
-    assert not leftovers, f"left behind after the test: {leftovers}"
 
 
 def picture(root: Path) -> dict[str, tuple]:

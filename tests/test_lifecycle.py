@@ -1,6 +1,6 @@
 """Mount lifecycle under faults: hung daemons, concurrent mounts, killed CLIs, odd mount points.
 
-Uses the store and image of test_containers.py (``img``) and its autouse cleanup fixture, so a
+Uses the store and image of test_containers.py (``img``) and conftest's cleanup fixture, so a
 failing test leaves no mount or daemon behind. Processes a test stops (SIGSTOP) are killed in
 its own cleanup.
 """
@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import VockerRunner  # noqa: E402
 from conftest import _find_vocker_exe as vocker_exe  # noqa: E402
 from mounthelp import daemon_pids, force_cleanup, fuse_mounts, mounted_under, pid_alive, query, wait_for  # noqa: E402
-from test_containers import (DATA, DATA_KEY_RAW, assert_unmounted, img, no_leftover_mounts, ps_rows,  # noqa: E402,F401
+from test_containers import (DATA, DATA_KEY_RAW, assert_unmounted, img, ps_rows,  # noqa: E402,F401
                              set_profile, src)
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE (fuse3 and /dev/fuse)")
+pytestmark = [pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE (fuse3 and /dev/fuse)"),
+              pytest.mark.usefixtures("no_leftover_mounts")]
 
 
 def fuse_mounts_dev(mountpoint: Path) -> str:
