@@ -187,7 +187,7 @@ def export_cmd(image_ref: str, directory: Path, audit: bool, python: Path | None
 
 @cli.command("verify")
 def verify_cmd() -> None:
-    """Re-hash every blob and tree the images need; exit 1 naming each bad object."""
+    """Check the store database, then re-hash every blob and tree the images need; exit 1 naming each problem."""
     from .maintenance import verify
 
     checked, problems = verify(_store(), reporter=RichReporter())
@@ -201,7 +201,10 @@ def verify_cmd() -> None:
 
 @cli.command("gc")
 def gc_cmd() -> None:
-    """Delete blobs and trees no image needs (waits for running imports)."""
+    """Delete blobs and trees no image needs (waits for running imports, exports and builds).
+
+    Deletes nothing, and says so, when the store is inconsistent (run 'vocker verify').
+    """
     from .maintenance import gc
 
     store = _store()
