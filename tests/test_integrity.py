@@ -124,7 +124,9 @@ def test_a_tree_entry_whose_size_is_not_its_blobs_is_corrupt(vocker, vocker_home
     vocker("image", "ls")  # creates the store
     blob = craft.put_blob(vocker_home, bytes(range(256)) * 20)  # 5120 bytes
     for tag, size in (("short", 300), ("huge", 1 << 40)):
-        root = craft.put_tree(vocker_home, [craft.file("data", blob=blob, size=size), craft.file("fine.txt", b"fine\n")])
+        # "a-good" records the blob's true size: read first, its bytes must not serve "data"
+        root = craft.put_tree(vocker_home, [craft.file("a-good", blob=blob, size=5120),
+                                            craft.file("data", blob=blob, size=size), craft.file("fine.txt", b"fine\n")])
         craft.put_image(vocker_home, root, f"{tag}:latest")
 
     dest = tmp_path / "out"
@@ -141,13 +143,11 @@ def test_a_tree_entry_whose_size_is_not_its_blobs_is_corrupt(vocker, vocker_home
         vocker("mount", tag, where, "--read-only")
         try:
             assert (where / "fine.txt").read_bytes() == b"fine\n"
-            fd = os.open(where / "data", os.O_RDONLY)
-            try:
+            assert len((where / "a-good").read_bytes()) == 5120
+            for attempt in (lambda: os.stat(where / "data"), lambda: os.open(where / "data", os.O_RDONLY)):
                 with pytest.raises(OSError) as info:
-                    os.read(fd, 65536)
-            finally:
-                os.close(fd)
-            assert info.value.errno == errno.EIO, tag
+                    attempt()
+                assert info.value.errno == errno.EIO, tag
         finally:
             vocker("unmount", where)
 

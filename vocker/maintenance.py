@@ -28,6 +28,8 @@ class Reach:
     blobs: set[str] = attrs.field(factory=set)
     #: sizes of all file contents by digest, inline ones included (the bytecode cache is keyed by them)
     contents: dict[str, int] = attrs.field(factory=dict)
+    #: blobs that entries claim different sizes for: digest -> the sizes claimed
+    sizes: dict[str, set[int]] = attrs.field(factory=dict)
     #: objects that could not be read: digest -> (kind, reason)
     broken: dict[str, tuple[str, str]] = attrs.field(factory=dict)
 
@@ -56,7 +58,8 @@ def reach(store: Store, image_id: str) -> Reach:
             elif e.kind is Kind.FILE:
                 if e.digest is not None:
                     out.blobs.add(e.digest)
-                    if out.contents.setdefault(e.digest, e.size) != e.size:
+                    if out.contents.setdefault(e.digest, e.size) != e.size:  # one of them is wrong
+                        out.sizes.setdefault(e.digest, {out.contents[e.digest]}).add(e.size)
                         out.broken[e.digest] = ("blob", f"tree entries record different sizes for blob {e.digest}")
                 else:
                     out.contents[digest_bytes(e.inline or b"")] = e.size
@@ -146,9 +149,11 @@ def _verify_objects(store: Store, reporter: Reporter) -> tuple[int, list[Problem
     for r in reaches.values():
         for digest in r.blobs:
             info = rows.get(digest)
-            if info is not None and info.size != r.contents[digest] and digest not in broken:
-                broken[digest] = ("blob", f"tree entries record {r.contents[digest]} bytes for blob {digest}, "
-                                          f"which holds {info.size}")
+            wrong = sorted(r.sizes.get(digest, {r.contents[digest]}) - {info.size}) if info is not None else []
+            if wrong and (digest not in broken or digest in r.sizes):  # names the wrong claims, not just "differ"
+                claims = " and ".join(map(str, wrong))
+                broken[digest] = ("blob", f"tree entries record {claims} bytes for blob {digest}, "
+                                          f"which holds {info.size}")  # type: ignore[union-attr]
     problems = []
     for digest, (kind, reason) in sorted(broken.items()):
         affected = tuple(sorted(names[i] for i, r in reaches.items()

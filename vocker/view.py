@@ -359,7 +359,9 @@ class ContainerView:
             # What identifies the bytes: the stored content (its digest, or the inlined bytes
             # themselves, which have no digest) and whether it is rendered. The rendering's
             # other inputs (mount point, audit) are fixed for a view, and so is this cache.
-            key = ("file", node.entry.digest or node.entry.inline, node.entry.template)
+            # The recorded size too: an entry that claims another size than its blob must not
+            # find the bytes another entry of that blob cached (it is corrupt: EIO).
+            key = ("file", node.entry.digest or node.entry.inline, node.entry.template, node.entry.size)
         with self._contents_lock:
             hit = self._contents.get(key)
         if hit is not None:
@@ -398,6 +400,16 @@ class ContainerView:
         self.store.prefetch_blob_infos(
             c.pyc[0] if c.pyc is not None else c.entry.digest for c in children.values()  # type: ignore[union-attr]
             if c.kind is Kind.FILE and (c.pyc is not None or (c.entry is not None and c.entry.digest is not None)))
+
+    def _check_size(self, parts: Parts, entry: Entry) -> None:
+        """A file must be the size of its blob, or a stat would tell another size than a read
+        gives (one query per directory, as for its first read)."""
+        self._prefetch_infos(parts[:-1])
+        try:
+            self.store.content_info(entry)
+        except VockerError as exc:
+            log.error("%s", exc)
+            raise _err(errno.EIO, parts) from None
 
     def _open_lower(self, node: Lower) -> _LowerHandle:
         e = node.entry
@@ -500,6 +512,9 @@ class ContainerView:
         node = found.lower
         assert node is not None
         _refuse_escaping(node, parts)
+        if node.kind is Kind.FILE and node.entry is not None and node.entry.digest is not None \
+                and not node.entry.template:
+            self._check_size(parts, node.entry)
         if node.kind is Kind.DIR:
             mode = stat.S_IFDIR | 0o755
         elif node.kind is Kind.SYMLINK:
