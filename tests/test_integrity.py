@@ -203,6 +203,18 @@ def test_a_tree_expanding_past_the_entry_limit_is_refused(vocker, vocker_home: P
     assert not dest.exists() and [p.name for p in tmp_path.iterdir()] == ["vocker-home"]
 
 
+def test_a_tree_whose_paths_would_fill_memory_is_refused(vocker, vocker_home: Path, tmp_path: Path) -> None:
+    """Under the entry limit, but 250 levels deep: a list of its paths would take gigabytes."""
+    vocker("image", "ls")
+    leaf = craft.put_tree(vocker_home, [craft.file(f"f{i:04d}", b"x") for i in range(990)])
+    node = craft.put_tree(vocker_home, [craft.directory(f"d{i:04d}", leaf) for i in range(1000)])
+    for level in range(250):
+        node = craft.put_tree(vocker_home, [craft.directory(f"l{level}", node)])
+    craft.put_image(vocker_home, node, "deep:latest")
+    proc = vocker("export", "deep", tmp_path / "out", check=False)
+    assert proc.returncode == 1 and "components" in proc.stderr, proc.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
 def test_an_export_larger_than_the_free_space_is_refused_before_writing(vocker, vocker_home: Path,
                                                                         tmp_path: Path) -> None:

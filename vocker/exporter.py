@@ -65,9 +65,11 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     try:
         with store.lock_shared():  # held until the rename: gc removes only a dead export's scratch
             scratch.remove_stale(store)
-            entries = list(walk.iter_entries(store, walk.single_layer(manifest.layers)))  # within its limits
+            tree = walk.single_layer(manifest.layers)
+            size = walk.check_limits(store, tree)
             with scratch.for_export(store, dest) as tmp:
-                _check_space(tmp, dest.parent, sum(e.size for _, e in entries if e.kind is Kind.FILE), len(entries))
+                _check_space(tmp, dest.parent, size.size, size.entries)
+                entries = list(walk.iter_entries(store, tree))
                 files, pycs, compiled = _fill(store, entries, ref, tmp, root, audit, facts, interpreter, mtime_ns,
                                               reporter)
                 umask = os.umask(0)

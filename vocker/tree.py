@@ -25,6 +25,9 @@ INLINE_MAX = 256
 #: identical directories are stored once, so a tiny tree can name billions of files.
 MAX_ENTRIES = 1_000_000
 MAX_DEPTH = 256
+#: ... and at most this many path components in all (a million files 16 levels deep), so
+#: a list of an image's paths stays within a few hundred MB.
+MAX_PATH_PARTS = 16_000_000
 
 
 class Kind(str, enum.Enum):

@@ -9,7 +9,9 @@ from .tree import Entry, Kind
 
 
 def _files(store: Store, manifest: Manifest) -> dict[str, Entry]:
-    return {"/".join(rel): e for rel, e in walk.iter_entries(store, walk.single_layer(manifest.layers))}
+    tree = walk.single_layer(manifest.layers)
+    walk.check_limits(store, tree)
+    return {"/".join(rel): e for rel, e in walk.iter_entries(store, tree)}
 
 
 def _describe(a: Entry, b: Entry) -> str | None:
