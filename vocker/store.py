@@ -245,8 +245,10 @@ class Store:
 
     def prefetch_trees(self, root: str) -> None:
         """Load every tree below ``root`` into the cache with one query per level, not per node."""
-        level = [root]
+        level, seen = [root], set()
         while level:
+            level = [d for d in dict.fromkeys(level) if d not in seen]  # a shared directory once, not per use
+            seen.update(level)
             with self._cache_lock:
                 missing = [d for d in level if d not in self._trees]
             found: dict[str, bytes] = {}
