@@ -170,6 +170,27 @@ def test_concurrent_mounts_of_one_named_container_one_wins(img: str, vocker, tmp
     assert ps_rows(vocker) == []
 
 
+def test_concurrent_mounts_at_one_empty_directory_one_wins_and_is_listed(img: str, vocker, tmp_path: Path) -> None:
+    """Different containers racing for one mount point: each mount is recorded by its daemon
+    before it mounts, and a record of a live daemon is never replaced (nor forgotten by another)."""
+    where = tmp_path / "m"
+    where.mkdir()
+    procs = [spawn(vocker, "mount", img, where) for _ in range(6)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    winners = [i for i, (code, _) in enumerate(results) if code == 0]
+    try:
+        assert len(winners) >= 1, results
+        rows = ps_rows(vocker)
+        live = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if f" {os.path.realpath(where)} " in line]
+        # every mount the kernel has there is one `vocker ps` lists (stacked mounts included)
+        assert len(rows) == len(live) == len(winners), (rows, live, results)
+    finally:
+        for _ in winners:
+            vocker("unmount", where, check=False)
+    assert mounted_under(tmp_path) == [] and ps_rows(vocker) == []
+
+
 # --------------------------------------------------------------------------- item 8: mount points in the store
 
 

@@ -197,14 +197,22 @@ def reap(store: Store, name: str) -> bool:
 
 
 def record_mount(store: Store, mountpoint: str, container: str, pid: int, options: dict[str, Any]) -> None:
+    """Record a mount about to be made; refused while another live daemon has one there (two
+    mounts racing for one empty directory: the record of the first must not be lost)."""
+    from .mounting import pid_alive
+
     with store.write(durable=False) as conn:  # no mount outlives a power loss
+        row = conn.execute("SELECT pid FROM mounts WHERE mountpoint = ?", (mountpoint,)).fetchone()
+        if row is not None and row[0] != pid and pid_alive(row[0]):
+            raise UsageError(f"{mountpoint} is already a mount point (mount daemon pid {row[0]})")
         conn.execute("INSERT OR REPLACE INTO mounts (mountpoint, container, pid, created, options) "
                      "VALUES (?, ?, ?, ?, ?)", (mountpoint, container, pid, time.time(), json.dumps(options)))
 
 
-def forget_mount(store: Store, mountpoint: str) -> None:
+def forget_mount(store: Store, mountpoint: str, pid: int) -> None:
+    """Forget the mount that daemon ``pid`` made (not one made there since)."""
     with store.write(durable=False) as conn:
-        conn.execute("DELETE FROM mounts WHERE mountpoint = ?", (mountpoint,))
+        conn.execute("DELETE FROM mounts WHERE mountpoint = ? AND pid = ?", (mountpoint, pid))
 
 
 def mounts(store: Store) -> list[MountRecord]:

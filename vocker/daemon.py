@@ -130,9 +130,8 @@ def main(config: dict[str, Any]) -> int:
             container = containers.get(store, name)
             if container is not None and not container.persistent:  # ours: we hold its lock
                 containers.remove(store, name, durable=False)
-            record = containers.mount_of(store, mountpoint) if recorded else None
-            if record is not None and record.pid == os.getpid():
-                containers.forget_mount(store, mountpoint)
+            if recorded:
+                containers.forget_mount(store, mountpoint, os.getpid())
         except Exception as exc:  # a later unmount or image rm removes what is left (mounting.reap_orphans)
             log.warning("cannot clean up after the mount: %s", exc)
     return 0

@@ -312,8 +312,9 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
     mountpoint = resolve_mountpoint(path)
     record = containers.mount_of(store, mountpoint)
     live = fuse_mounts().get(mountpoint)
-    if record is None and (live is None or live[1] != "fuse.vocker"):
-        raise UsageError(f"not a vocker mount: {path}")
+    if record is None and (live is None or live[1] != "fuse.vocker"
+                           or containers.get(store, live[2].removeprefix("vocker:")) is None):
+        raise UsageError(f"not a vocker mount of this store: {path}")  # another store's is not ours to end
     if live is not None:
         name = record.container if record is not None else live[2].removeprefix("vocker:")
         with contextlib.suppress(OSError):  # stop the daemon's read-ahead, whose open files make the mount busy
@@ -340,7 +341,7 @@ def unmount(store: Store, path: Path | str, *, force: bool = False) -> MountReco
                 _wait_exit(store, record, 2)
     try:
         if record is not None:
-            containers.forget_mount(store, mountpoint)
+            containers.forget_mount(store, mountpoint, record.pid)
         reap_orphans(store)
     except (OSError, DatabaseError) as exc:  # a full disk: say what is done and what is left
         raise VockerError(f"unmounted {mountpoint}, but cannot update the store ({exc}); 'vocker unmount' or "
@@ -359,7 +360,7 @@ def reap_orphans(store: Store) -> list[str]:
             if m.container == name:
                 if fuse_mounts().get(m.mountpoint, ("", ""))[1] == "fuse.vocker":
                     _fusermount(m.mountpoint, lazy=True)
-                containers.forget_mount(store, m.mountpoint)
+                containers.forget_mount(store, m.mountpoint, m.pid)
         if containers.reap(store, name):
             reaped.append(name)
     return reaped
