@@ -517,7 +517,9 @@ def shell_cmd(ref: str, python: Path | None) -> None:
 
 def _one_line(exc: BaseException) -> tuple[str, int]:
     """The message and exit code for an error; never a traceback."""
-    from sqlite3 import DatabaseError as Damaged, Error as DatabaseError
+    from sqlite3 import Error as DatabaseError
+
+    from .db import damaged
 
     if isinstance(exc, VockerError):
         return str(exc), exc.exit_code
@@ -528,7 +530,7 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
         if exc.errno == errno.EROFS:
             return f"read-only file system{where}", 1
         return f"{exc.strerror or exc}{where}", 1
-    if isinstance(exc, Damaged) and ("malformed" in str(exc) or "not a database" in str(exc)):
+    if damaged(exc):
         return f"the store database is damaged ({exc}); 'vocker verify' tells more", 1
     if isinstance(exc, DatabaseError):
         return f"store database error: {exc}", 1

@@ -108,6 +108,12 @@ OperationalError = sqlite3.OperationalError
 DatabaseError = sqlite3.DatabaseError
 
 
+def damaged(exc: BaseException) -> bool:
+    """Whether SQLite says the database file itself is damaged (not busy, locked or full)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(
+        words in str(exc) for words in ("malformed", "not a database", "corrupt"))
+
+
 class Database:
     """Connections to one store database, reused across blocks and threads.
 

@@ -100,8 +100,9 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
     try:
         damaged = [Problem("database", where, reason, ()) for reason in database_problems(store)]
         checked, problems = _verify_objects(store, reporter or NullReporter())
-    except db.DatabaseError as exc:  # too damaged to read on
-        return 0, [Problem("database", where, f"store database is damaged: {exc}", ())]
+    except db.DatabaseError as exc:  # too damaged (or busy) to read on
+        what = "store database is damaged" if db.damaged(exc) else "cannot read the store database"
+        return 0, [Problem("database", where, f"{what}: {exc}", ())]
     return checked, damaged + problems
 
 
