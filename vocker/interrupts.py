@@ -54,7 +54,9 @@ def swallowed() -> bool:
 
 def hold() -> Any:
     """Hold off Ctrl-C in this thread until ``release`` (it is delivered then) around C code that would
-    swallow a KeyboardInterrupt; returns what ``release`` needs."""
+    swallow a KeyboardInterrupt; returns what ``release`` needs. The mask is this thread's: with
+    other threads running (a progress bar's), the kernel may hand SIGINT to one of them and Python
+    still raises it here, so the unraisable hook of ``track`` is what keeps the outcome truthful."""
     if hasattr(signal, "pthread_sigmask"):
         return signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     return None
