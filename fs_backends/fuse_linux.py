@@ -146,6 +146,11 @@ class VockerFS(fuse.Operations):
         return 0
 
     @_errors
+    def mknod(self, path: str, mode: int, dev: int) -> int:  # mkfifo, bind() of a Unix socket
+        self.view.mknod(split(path), mode)
+        return 0
+
+    @_errors
     def rename(self, old: str, new: str) -> int:
         if HIDDEN.search(new):
             if new in self._detached:

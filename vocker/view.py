@@ -21,10 +21,10 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,6 +55,8 @@ COMPILE_RETRY_SECONDS = 30.0
 COMPILE_MAX_BYTES = 1 << 20
 
 Parts = tuple[str, ...]
+#: The longest name of a path component, in bytes (UTF-8), as on the disks of Linux and macOS.
+NAME_MAX = 255
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 #: Contents up to this size are kept decoded in memory after their first read; larger
@@ -181,9 +183,16 @@ class _LowerHandle:
 Handle = Union[_UpperHandle, _LowerHandle]
 
 
-def _same_file(a: str, b: str) -> bool:
-    sa, sb = os.lstat(a), os.lstat(b)
+def _same_file(a: str, b: str, dir_fd: int) -> bool:
+    sa, sb = os.lstat(a, dir_fd=dir_fd), os.lstat(b, dir_fd=dir_fd)
     return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+
+
+def _check_name(name: str, parts: Parts) -> None:
+    """ENAMETOOLONG for a name a plain disk refuses, in a lookup as in a creation (not ENOENT)."""
+    # a str of up to 63 characters is at most 252 bytes in UTF-8 (or with surrogate escapes)
+    if len(name) > NAME_MAX // 4 and len(os.fsencode(name)) > NAME_MAX:
+        raise _err(errno.ENAMETOOLONG, parts)
 
 
 class ContainerView:
@@ -203,6 +212,14 @@ class ContainerView:
         self.root_bytes = os.fsencode(root)
         self.upper = upper
         self.work = upper.parent / "work" if upper is not None else None
+        if self.work is not None:
+            self.work.mkdir(parents=True, exist_ok=True)
+        # Every upper-layer call is relative to these descriptors, held for the view's life: a
+        # path inside the mount may then be as long as on a plain disk, whatever the layer's own
+        # path (the kernel limits each path passed to 4095 bytes).
+        flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+        self._ufd = os.open(upper, flags) if upper is not None else -1
+        self._wfd = os.open(self.work, flags) if self.work is not None else -1
         record = store.image(image_id)
         self.mtime_ns = mtime_ns if mtime_ns is not None else bytecode.shipped_mtime(record.created) * 10**9
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -237,8 +254,6 @@ class ContainerView:
         #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
         self.recorder: Recorder | None = None
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
-        if self.work is not None:
-            self.work.mkdir(parents=True, exist_ok=True)
 
     # -- the lower layer -------------------------------------------------------
 
@@ -428,8 +443,9 @@ class ContainerView:
     # -- the upper layer -------------------------------------------------------
 
     def _upath(self, parts: Parts) -> str:
+        """``parts`` relative to the upper layer's root: for calls with ``dir_fd=self._ufd``."""
         assert self.upper is not None
-        return os.path.join(self.upper, *parts)
+        return "/".join(parts) or "."
 
     def _upper_dir(self, parts: Parts) -> UpperDir | None:
         if self.upper is None:
@@ -439,7 +455,8 @@ class ContainerView:
         except KeyError:
             pass
         try:  # O_NOFOLLOW: an upper symlink is never a directory of the view
-            fd = os.open(self._upath(parts), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(self._upath(parts), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), dir_fd=self._ufd)
         except (FileNotFoundError, NotADirectoryError, OSError):
             ud = None
         else:
@@ -484,6 +501,7 @@ class ContainerView:
         if not parts:
             own = self._upper_dir(()) if self.upper is not None else None
             return Found(own is not None, self._root, not (own is not None and own.opaque))
+        _check_name(parts[-1], parts)
         parent = self.find(parts[:-1])
         lower_ok = parent.lower_below
         if parent.upper:
@@ -508,7 +526,7 @@ class ContainerView:
     def getattr(self, parts: Parts) -> Attr:
         found = self.find(parts)
         if found.upper:
-            return Attr.of(os.lstat(self._upath(parts)))
+            return Attr.of(os.lstat(self._upath(parts), dir_fd=self._ufd))
         node = found.lower
         assert node is not None
         _refuse_escaping(node, parts)
@@ -544,7 +562,7 @@ class ContainerView:
     def readlink(self, parts: Parts) -> str:
         found = self.find(parts)
         if found.upper:
-            return os.readlink(self._upath(parts))
+            return os.readlink(self._upath(parts), dir_fd=self._ufd)
         if found.lower is None or found.lower.kind is not Kind.SYMLINK:
             raise _err(errno.EINVAL, parts)
         _refuse_escaping(found.lower, parts)
@@ -558,7 +576,8 @@ class ContainerView:
                 self._copy_up(parts, self.find(parts))
         found = self.find(parts)
         if found.upper:
-            fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         dir_fd=self._ufd)
             handle: Handle = _UpperHandle(fd, parts, written=bool(flags & os.O_TRUNC))
             if flags & os.O_TRUNC:
                 self._invalidate_links(parts, os.fstat(fd))
@@ -611,7 +630,7 @@ class ContainerView:
                 os.close(h.upper_fd)
 
     def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self.upper if self.upper is not None else self.store.root)
+        return os.statvfs(self._ufd if self.upper is not None else self.store.root)
 
     # -- writing ---------------------------------------------------------------
 
@@ -620,6 +639,8 @@ class ContainerView:
             raise _err(errno.EROFS, parts)
 
     def _check_new_name(self, parts: Parts) -> None:
+        if parts:
+            _check_name(parts[-1], parts)
         if not parts or parts[-1].startswith(WHITEOUT):
             raise _err(errno.EINVAL, parts)  # reserved for whiteouts, as in OCI layers
 
@@ -630,7 +651,7 @@ class ContainerView:
             ud = self._upper_dir(parent)
             assert ud is not None
             if name not in ud.names:
-                os.mkdir(self._upath(parts[:i + 1]), 0o755)
+                os.mkdir(self._upath(parts[:i + 1]), 0o755, dir_fd=self._ufd)
                 ud.names.add(name)
                 self._upper_dirs[parts[:i + 1]] = UpperDir(set(), set(), False)
 
@@ -644,14 +665,16 @@ class ContainerView:
         self._ensure_upper_dir(parts[:-1])
         target = self._upath(parts)
         if node.kind is Kind.DIR:
-            os.mkdir(target, 0o755)
+            os.mkdir(target, 0o755, dir_fd=self._ufd)
             self._upper_dirs[parts] = UpperDir(set(), set(), False)
         elif node.kind is Kind.SYMLINK:
-            os.symlink(node.target or "", target)
+            os.symlink(node.target or "", target, dir_fd=self._ufd)
         else:
             handle = self._open_lower(node)
-            fd, tmp = tempfile.mkstemp(dir=self.work)
+            tmp = f"copy-up-{secrets.token_hex(8)}"  # in work/: the copy appears whole or not at all
             try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600,
+                             dir_fd=self._wfd)
                 with os.fdopen(fd, "wb") as f:
                     if handle.data is not None:
                         f.write(handle.data)
@@ -661,12 +684,13 @@ class ContainerView:
                         while chunk := handle.reader.pread(1 << 20, offset):
                             f.write(chunk)
                             offset += len(chunk)
-                os.chmod(tmp, 0o755 if node.executable else 0o644)
-                os.utime(tmp, ns=(self.mtime_ns, self.mtime_ns))
-                os.rename(tmp, target)
+                    f.flush()
+                    os.fchmod(fd, 0o755 if node.executable else 0o644)
+                    os.utime(fd, ns=(self.mtime_ns, self.mtime_ns))
+                os.rename(tmp, target, src_dir_fd=self._wfd, dst_dir_fd=self._ufd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    os.unlink(tmp, dir_fd=self._wfd)
                 raise
             finally:
                 if handle.reader is not None:
@@ -677,21 +701,25 @@ class ContainerView:
         if node.kind is Kind.FILE:
             for h in list(self._handles.values()):
                 if isinstance(h, _LowerHandle) and h.parts == parts and h.upper_fd < 0:
-                    h.upper_fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    h.upper_fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=self._ufd)
+
+    def _marker(self, parts: Parts) -> None:
+        """An empty file (a whiteout or an opaque marker) at ``parts`` of the upper layer."""
+        os.close(os.open(self._upath(parts), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
+                         0o666, dir_fd=self._ufd))
 
     def _whiteout(self, parts: Parts) -> None:
         self._ensure_upper_dir(parts[:-1])
         ud = self._upper_dir(parts[:-1])
         assert ud is not None
-        with open(os.path.join(self._upath(parts[:-1]), WHITEOUT + parts[-1]), "wb"):
-            pass
+        self._marker(parts[:-1] + (WHITEOUT + parts[-1],))
         ud.whiteouts.add(parts[-1])
 
     def _drop_whiteout(self, parts: Parts) -> bool:
         ud = self._upper_dir(parts[:-1])
         if ud is None or parts[-1] not in ud.whiteouts:
             return False
-        os.unlink(os.path.join(self._upath(parts[:-1]), WHITEOUT + parts[-1]))
+        os.unlink(self._upath(parts[:-1] + (WHITEOUT + parts[-1],)), dir_fd=self._ufd)
         ud.whiteouts.discard(parts[-1])
         return True
 
@@ -705,8 +733,7 @@ class ContainerView:
             del self._upper_dirs[key]
 
     def _make_opaque(self, parts: Parts) -> None:
-        with open(os.path.join(self._upath(parts), OPAQUE), "wb"):
-            pass
+        self._marker(parts + (OPAQUE,))
         self._upper_dirs.pop(parts, None)  # re-read with the marker
 
     def _exists(self, parts: Parts) -> Found | None:
@@ -731,7 +758,7 @@ class ContainerView:
         with self._mutating():
             self._prepare_new(parts)
             fd = os.open(self._upath(parts), (flags | os.O_CREAT | os.O_EXCL) | getattr(os, "O_CLOEXEC", 0),
-                         mode & 0o7777)
+                         mode & 0o7777, dir_fd=self._ufd)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
         fh = next(self._next)
         self._handles[fh] = _UpperHandle(fd, parts)
@@ -758,13 +785,17 @@ class ContainerView:
         self._writable(parts)
         with self._mutating():
             self._copy_up(parts, self.find(parts))
-            os.truncate(self._upath(parts), length)
+            fd = os.open(self._upath(parts), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=self._ufd)
+            try:
+                os.ftruncate(fd, length)
+            finally:
+                os.close(fd)
             self._changed(parts)
 
     def mkdir(self, parts: Parts, mode: int) -> None:
         with self._mutating():
             replaced = self._prepare_new(parts)
-            os.mkdir(self._upath(parts), mode & 0o7777)
+            os.mkdir(self._upath(parts), mode & 0o7777, dir_fd=self._ufd)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
             self._upper_dirs[parts] = UpperDir(set(), set(), False)
             if replaced or self._lower(parts) is not None:
@@ -773,7 +804,20 @@ class ContainerView:
     def symlink(self, parts: Parts, target: str) -> None:
         with self._mutating():
             self._prepare_new(parts)
-            os.symlink(target, self._upath(parts))
+            os.symlink(target, self._upath(parts), dir_fd=self._ufd)
+            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+
+    def mknod(self, parts: Parts, mode: int) -> None:
+        """A FIFO, a Unix socket (``bind``) or an empty regular file, made in the writable layer
+        as overlayfs does; device nodes are refused as for an unprivileged user."""
+        kind = stat.S_IFMT(mode)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            raise _err(errno.EPERM, parts)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
+            raise _err(errno.EINVAL, parts)
+        with self._mutating():
+            self._prepare_new(parts)
+            os.mknod(self._upath(parts), kind | (mode & 0o7777), dir_fd=self._ufd)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
 
     def link(self, existing: Parts, parts: Parts) -> None:
@@ -784,9 +828,10 @@ class ContainerView:
                 raise _err(errno.EPERM, existing)
             self._copy_up(existing, src)
             self._prepare_new(parts)
-            os.link(self._upath(existing), self._upath(parts), follow_symlinks=False)
+            os.link(self._upath(existing), self._upath(parts), src_dir_fd=self._ufd, dst_dir_fd=self._ufd,
+                    follow_symlinks=False)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
-            self._invalidate_links(parts, os.lstat(self._upath(parts)))  # their link count changed
+            self._invalidate_links(parts, os.lstat(self._upath(parts), dir_fd=self._ufd))  # their link count changed
 
     def unlink(self, parts: Parts) -> None:
         with self._mutating():
@@ -795,8 +840,8 @@ class ContainerView:
             if found.upper:
                 if self._is_dir(parts, found):
                     raise _err(errno.EISDIR, parts)
-                st = os.lstat(self._upath(parts))
-                os.unlink(self._upath(parts))
+                st = os.lstat(self._upath(parts), dir_fd=self._ufd)
+                os.unlink(self._upath(parts), dir_fd=self._ufd)
                 if st.st_nlink > 1:
                     self._invalidate_links(parts, st)
                 self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
@@ -813,7 +858,7 @@ class ContainerView:
         found = self.find(parts)
         if found.upper:
             fd = os.open(self._upath(parts), getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_CLOEXEC", 0))
+                         | getattr(os, "O_CLOEXEC", 0), dir_fd=self._ufd)
             detached = Detached(None, fd)
         else:
             detached = Detached(self.getattr(parts))
@@ -842,7 +887,7 @@ class ContainerView:
             if self.readdir(parts):
                 raise _err(errno.ENOTEMPTY, parts)
             if found.upper:
-                shutil.rmtree(self._upath(parts))  # holds only whiteouts and markers now
+                shutil.rmtree(self._upath(parts), dir_fd=self._ufd)  # holds only whiteouts and markers now
                 self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
                 self._forget_upper_dirs(parts)
             if found.lower is not None:
@@ -855,13 +900,17 @@ class ContainerView:
             self._check_new_name(new)
             src = self.find(old)
             src_is_dir = self._is_dir(old, src)
-            if src_is_dir and src.lower is not None:
-                raise _err(errno.EXDEV, old)  # as overlayfs without redirect_dir: mv copies instead
+            if src_is_dir and src.lower_below and src.kind_is_dir_lower:
+                # Its contents come (in part) from the image's directory of that name: refused as
+                # overlayfs without redirect_dir does, and mv copies instead. An opaque or upper-only
+                # directory holds nothing of the image, so it moves.
+                raise _err(errno.EXDEV, old)
             if new[:len(old)] == old and len(new) > len(old):
                 raise _err(errno.EINVAL, new)
             dst = self._exists(new)
             if dst is not None:
-                if old == new or (src.upper and dst.upper and _same_file(self._upath(old), self._upath(new))):
+                if old == new or (src.upper and dst.upper
+                                  and _same_file(self._upath(old), self._upath(new), self._ufd)):
                     return  # POSIX: renaming a file onto itself (or another link to it) does nothing
                 dst_is_dir = self._is_dir(new, dst)
                 if src_is_dir and not dst_is_dir:
@@ -872,7 +921,7 @@ class ContainerView:
                     if self.readdir(new):
                         raise _err(errno.ENOTEMPTY, new)
                     if dst.upper:  # only whiteouts and markers are left in it
-                        shutil.rmtree(self._upath(new))
+                        shutil.rmtree(self._upath(new), dir_fd=self._ufd)
                         self._upper_dir(new[:-1]).names.discard(new[-1])  # type: ignore[union-attr]
                         self._forget_upper_dirs(new)
             parent = self.find(new[:-1])
@@ -880,16 +929,20 @@ class ContainerView:
                 raise _err(errno.ENOTDIR, new)
             self._copy_up(old, src)
             self._ensure_upper_dir(new[:-1])
-            replaced_deleted = self._drop_whiteout(new)
-            os.rename(self._upath(old), self._upath(new))
+            self._drop_whiteout(new)
+            os.rename(self._upath(old), self._upath(new), src_dir_fd=self._ufd, dst_dir_fd=self._ufd)
             self._upper_dir(old[:-1]).names.discard(old[-1])  # type: ignore[union-attr]
             self._upper_dir(new[:-1]).names.add(new[-1])  # type: ignore[union-attr]
             if src_is_dir:
                 self._forget_upper_dirs(old)
                 self._forget_upper_dirs(new)
-                if replaced_deleted or self._lower(new) is not None:
-                    # lands on a deleted or empty lower directory: its old contents must stay hidden
+                below = self._lower(new) if parent.lower_below else None
+                if below is not None and below.kind is Kind.DIR:
+                    # lands on a deleted or empty directory of the image: its contents must stay hidden
                     self._make_opaque(new)
+                else:  # an OCI layer marks only directories of the image opaque
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._upath(new + (OPAQUE,)), dir_fd=self._ufd)
             if src.lower is not None:
                 self._whiteout(old)  # the lower file must not reappear under its old name
 
@@ -897,26 +950,26 @@ class ContainerView:
         with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
-            os.chmod(self._upath(parts), mode & 0o7777)
+            os.chmod(self._upath(parts), mode & 0o7777, dir_fd=self._ufd)
             self._changed(parts)
 
     def chown(self, parts: Parts, uid: int, gid: int) -> None:
         with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
-            os.chown(self._upath(parts), uid, gid, follow_symlinks=False)
+            os.chown(self._upath(parts), uid, gid, dir_fd=self._ufd, follow_symlinks=False)
             self._changed(parts)
 
     def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
         with self._mutating():
             self._writable(parts)
             self._copy_up(parts, self.find(parts))
-            os.utime(self._upath(parts), ns=times, follow_symlinks=False)
+            os.utime(self._upath(parts), ns=times, dir_fd=self._ufd, follow_symlinks=False)
             self._changed(parts)
 
     def _changed(self, parts: Parts) -> None:
         """After a metadata change by path: other hard-link names must not show stale attributes."""
-        self._invalidate_links(parts, os.lstat(self._upath(parts)))
+        self._invalidate_links(parts, os.lstat(self._upath(parts), dir_fd=self._ufd))
 
     def _invalidate_links(self, parts: Parts, st: os.stat_result) -> None:
         """Hard links within the upper layer are separate kernel inodes: refresh the other names."""
@@ -940,5 +993,9 @@ class ContainerView:
     def close(self) -> None:
         for fh in list(self._handles):
             self.release(fh)
+        for fd in (self._ufd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._ufd = self._wfd = -1
         if self._compiler is not None:
             self._compiler.close()
