@@ -177,6 +177,22 @@ def test_rename_over_a_hard_linked_file_updates_the_other_name(mnt: Path, plain:
     assert diff(snapshot(mnt), snapshot(plain)) == []
 
 
+def test_hard_links_stay_in_step_through_renames_and_remounts(home: Path, plain: Path, tmp_path: Path) -> None:
+    """The names of hard links are indexed, not searched: the index must follow renames of a
+    name and of its directory, removals and new links, and be rebuilt from the layer on the
+    next mount."""
+    with mounted(home, "c", tmp_path / "m1") as m1:
+        conform(m1, plain, [
+            ("create", "a", b"one"), ("mkdir", "box"), ("link", "a", "box/b"), ("stat", "box/b"),
+            ("rename", "box", "box2"), ("chmod", "a", 0o600), ("stat", "box2/b"), ("link", "a", "c"),
+            ("rename", "box2/b", "box2/b2"), ("unlink", "a"), ("stat", "box2/b2"), ("chmod", "c", 0o640),
+            ("stat", "box2/b2"), ("truncate", "c", 7), ("stat", "box2/b2"), ("read", "box2/b2"),
+            ("link", "small.txt", "s2"), ("stat", "small.txt"), ("chmod", "s2", 0o604), ("stat", "small.txt")])
+    with mounted(home, "c", tmp_path / "m2") as m2:
+        conform(m2, plain, [("stat", "box2/b2"), ("stat", "small.txt"), ("chmod", "c", 0o644),
+                            ("stat", "box2/b2"), ("truncate", "s2", 2), ("stat", "small.txt"), ("read", "small.txt")])
+
+
 # --------------------------------------------------------------------------- item 4: inode numbers
 
 
