@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import threading
+import time
 from typing import Any, Callable
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # both libfuse2 and 3 may be installed
@@ -23,6 +24,13 @@ import mfusepy as fuse  # noqa: E402
 from vocker.view import ContainerView, Detached, errno_of, split  # noqa: E402
 
 CACHE_SECONDS = 60
+#: utimensat's markers, which libfuse passes as tv_nsec with tv_sec 0, so with use_ns mfusepy
+#: gives them as these numbers of ns (a time exactly that long after 1970-01-01 reads as them).
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+#: With use_ino, mfusepy gives a bare name inode number 0, which readdir(3) skips as a deleted
+#: entry: listings say "unknown" (libfuse's FUSE_UNKNOWN_INO) and stat tells the number.
+_UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}
 #: libfuse renames a file removed while open (or renamed over while open) to this name
 #: and removes that at its last close; the view removes the file at once instead.
 HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}\Z")
@@ -85,11 +93,12 @@ class VockerFS(fuse.Operations):
                 raise
             a = detached.getattr()
         return {"st_mode": a.mode, "st_size": a.size, "st_mtime": a.mtime_ns, "st_atime": a.atime_ns,
-                "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid}
+                "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid,
+                "st_blocks": a.blocks, "st_ino": a.ino}
 
     @_errors
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self.view.readdir(split(path))]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        return [(name, _UNKNOWN_INO, 0) for name in (".", "..", *self.view.readdir(split(path)))]
 
     @_errors
     def readlink(self, path: str) -> str:
@@ -182,6 +191,13 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        if times is not None:
+            if times == (UTIME_NOW, UTIME_NOW):
+                times = None  # the view sets both to now
+            else:
+                now = time.time_ns()
+                times = tuple(now if t == UTIME_NOW else None if t == UTIME_OMIT else t  # type: ignore[assignment]
+                              for t in times)
         self.view.utimens(split(path), times)
         return 0
 
@@ -199,6 +215,7 @@ def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, a
         "fsname": f"vocker:{name}", "subtype": "vocker", "default_permissions": True,
         "kernel_cache": True, "entry_timeout": CACHE_SECONDS, "attr_timeout": CACHE_SECONDS,
         "negative_timeout": CACHE_SECONDS, "auto_unmount": True, "max_idle_threads": MAX_IDLE_THREADS,
+        "use_ino": True,  # st_ino is the view's number (vocker.inodes), not libfuse's per-name one
     }
     if read_only or audit:
         options["ro"] = True

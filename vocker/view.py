@@ -36,6 +36,7 @@ from cachetools import LRUCache
 from . import bytecode, template, walk
 from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
 from .errors import VockerError
+from .inodes import LinkIndex, Numbers
 from .manifest import Manifest
 from .readahead import Recorder
 from .scaffold import Link, scaffold
@@ -139,11 +140,13 @@ class Attr:
     nlink: int
     uid: int
     gid: int
+    blocks: int  # 512-byte blocks allocated: du counts them, and tar --sparse takes fewer for holes
+    ino: int     # the node's number for the mount's lifetime (vocker.inodes)
 
     @classmethod
-    def of(cls, st: os.stat_result) -> "Attr":
+    def of(cls, st: os.stat_result, ino: int) -> "Attr":
         return cls(st.st_mode, st.st_size, st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_nlink,
-                   st.st_uid, st.st_gid)
+                   st.st_uid, st.st_gid, st.st_blocks, ino)
 
 
 @attrs.define
@@ -151,9 +154,14 @@ class Detached:
     """A removed file that is still open somewhere, with what an fstat of it needs."""
     attr: Attr | None  # a lower file's attributes (it cannot change without a copy-up)
     fd: int = -1       # else a descriptor of the removed upper file, for its current attributes
+    #: the upper file's number, as getattr showed it before the removal
+    number: Callable[[os.stat_result], int] = attrs.field(default=lambda st: st.st_ino)
 
     def getattr(self) -> Attr:
-        return Attr.of(os.fstat(self.fd)) if self.fd >= 0 else self.attr  # type: ignore[return-value]
+        if self.fd < 0:
+            return self.attr  # type: ignore[return-value]
+        st = os.fstat(self.fd)
+        return Attr.of(st, self.number(st))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -254,6 +262,8 @@ class ContainerView:
         #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
         self.recorder: Recorder | None = None
         self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
+        self._numbers = Numbers()
+        self._links = LinkIndex(str(upper)) if upper is not None else None
 
     # -- the lower layer -------------------------------------------------------
 
@@ -526,7 +536,11 @@ class ContainerView:
     def getattr(self, parts: Parts) -> Attr:
         found = self.find(parts)
         if found.upper:
-            return Attr.of(os.lstat(self._upath(parts), dir_fd=self._ufd))
+            st = os.lstat(self._upath(parts), dir_fd=self._ufd)
+            if stat.S_ISDIR(st.st_mode) and found.kind_is_dir_lower and found.lower_below:
+                # a directory of the image, copied up to hold changes: still that directory
+                return Attr.of(st, self._numbers.image(parts))
+            return Attr.of(st, self._numbers.upper(st))
         node = found.lower
         assert node is not None
         _refuse_escaping(node, parts)
@@ -540,7 +554,11 @@ class ContainerView:
         else:
             mode = stat.S_IFREG | (0o755 if node.executable and not self.audit else 0o644)
         t = self.mtime_ns
-        return Attr(mode, self._lower_size(node), t, t, t, 2 if node.kind is Kind.DIR else 1, self.uid, self.gid)
+        size = self._lower_size(node)
+        # as ext4 shows them: a directory's one block of 4 KiB, a short symlink held in its inode
+        blocks = 8 if node.kind is Kind.DIR else 0 if node.kind is Kind.SYMLINK else -(-size // 512)
+        return Attr(mode, size, t, t, t, 2 if node.kind is Kind.DIR else 1, self.uid, self.gid, blocks,
+                    self._numbers.image(parts))
 
     def readdir(self, parts: Parts) -> list[str]:
         found = self.find(parts)
@@ -831,7 +849,9 @@ class ContainerView:
             os.link(self._upath(existing), self._upath(parts), src_dir_fd=self._ufd, dst_dir_fd=self._ufd,
                     follow_symlinks=False)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
-            self._invalidate_links(parts, os.lstat(self._upath(parts), dir_fd=self._ufd))  # their link count changed
+            st = os.lstat(self._upath(parts), dir_fd=self._ufd)
+            self._links.linked(st, existing, parts)  # type: ignore[union-attr]
+            self._invalidate_links(parts, st)  # their link count changed
 
     def unlink(self, parts: Parts) -> None:
         with self._mutating():
@@ -843,7 +863,8 @@ class ContainerView:
                 st = os.lstat(self._upath(parts), dir_fd=self._ufd)
                 os.unlink(self._upath(parts), dir_fd=self._ufd)
                 if st.st_nlink > 1:
-                    self._invalidate_links(parts, st)
+                    self._invalidate_links(parts, st)  # their link count changed
+                    self._links.unlinked(st, parts)  # type: ignore[union-attr]
                 self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
             elif found.lower is not None and found.lower.kind is Kind.DIR:
                 raise _err(errno.EISDIR, parts)
@@ -859,7 +880,7 @@ class ContainerView:
         if found.upper:
             fd = os.open(self._upath(parts), getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_CLOEXEC", 0), dir_fd=self._ufd)
-            detached = Detached(None, fd)
+            detached = Detached(None, fd, number=self._numbers.upper)
         else:
             detached = Detached(self.getattr(parts))
         try:
@@ -930,6 +951,7 @@ class ContainerView:
             self._copy_up(old, src)
             self._ensure_upper_dir(new[:-1])
             self._drop_whiteout(new)
+            replaced = self._linked_stat(new)
             os.rename(self._upath(old), self._upath(new), src_dir_fd=self._ufd, dst_dir_fd=self._ufd)
             self._upper_dir(old[:-1]).names.discard(old[-1])  # type: ignore[union-attr]
             self._upper_dir(new[:-1]).names.add(new[-1])  # type: ignore[union-attr]
@@ -945,50 +967,87 @@ class ContainerView:
                         os.unlink(self._upath(new + (OPAQUE,)), dir_fd=self._ufd)
             if src.lower is not None:
                 self._whiteout(old)  # the lower file must not reappear under its old name
+            self._renamed_links(old, new, src_is_dir, replaced)
 
     def chmod(self, parts: Parts, mode: int) -> None:
         with self._mutating():
             self._writable(parts)
-            self._copy_up(parts, self.find(parts))
+            self._copy_up_as_is(parts, self.find(parts))
             os.chmod(self._upath(parts), mode & 0o7777, dir_fd=self._ufd)
             self._changed(parts)
 
     def chown(self, parts: Parts, uid: int, gid: int) -> None:
         with self._mutating():
             self._writable(parts)
-            self._copy_up(parts, self.find(parts))
+            self._copy_up_as_is(parts, self.find(parts))
             os.chown(self._upath(parts), uid, gid, dir_fd=self._ufd, follow_symlinks=False)
             self._changed(parts)
 
-    def utimens(self, parts: Parts, times: tuple[int, int] | None) -> None:
+    def utimens(self, parts: Parts, times: tuple[int | None, int | None] | None) -> None:
+        """Set (atime, mtime) in ns: None sets both to now, a None in the pair keeps that time
+        (utimensat's UTIME_NOW and UTIME_OMIT; a driver gives the current time for a single NOW)."""
+        if times == (None, None):  # utimensat changes nothing, not even ctime
+            self._writable(parts)
+            self.find(parts)
+            return
         with self._mutating():
             self._writable(parts)
-            self._copy_up(parts, self.find(parts))
-            os.utime(self._upath(parts), ns=times, dir_fd=self._ufd, follow_symlinks=False)
+            self._copy_up_as_is(parts, self.find(parts))
+            path = self._upath(parts)
+            if times is None:
+                os.utime(path, dir_fd=self._ufd, follow_symlinks=False)
+            else:
+                atime, mtime = times
+                if atime is None or mtime is None:
+                    st = os.lstat(path, dir_fd=self._ufd)
+                    atime = st.st_atime_ns if atime is None else atime
+                    mtime = st.st_mtime_ns if mtime is None else mtime
+                os.utime(path, ns=(atime, mtime), dir_fd=self._ufd, follow_symlinks=False)
             self._changed(parts)
+
+    def _copy_up_as_is(self, parts: Parts, found: Found) -> None:
+        """Copy up for a change of metadata, keeping the image's times on a directory or a
+        symlink as a file's copy-up does: a chmod or `touch -a` must not change the mtime."""
+        if found.upper:
+            return
+        self._copy_up(parts, found)
+        if found.lower is not None and found.lower.kind is not Kind.FILE:
+            os.utime(self._upath(parts), ns=(self.mtime_ns, self.mtime_ns), dir_fd=self._ufd, follow_symlinks=False)
 
     def _changed(self, parts: Parts) -> None:
         """After a metadata change by path: other hard-link names must not show stale attributes."""
         self._invalidate_links(parts, os.lstat(self._upath(parts), dir_fd=self._ufd))
 
     def _invalidate_links(self, parts: Parts, st: os.stat_result) -> None:
-        """Hard links within the upper layer are separate kernel inodes: refresh the other names."""
-        if self.invalidate is None or st.st_nlink <= 1:
+        """Hard links within the upper layer are separate kernel inodes: refresh the other names
+        (directories and files with one link have none; the others are indexed, never searched)."""
+        if self.invalidate is None or self._links is None:
             return
-        assert self.upper is not None
-        for dirpath, _dirs, files in os.walk(self.upper):  # rare: only for multiply-linked files
-            for name in files:
-                path = os.path.join(dirpath, name)
-                if name.startswith(WHITEOUT):
-                    continue
-                try:
-                    other = os.lstat(path)
-                except OSError:
-                    continue
-                if other.st_ino == st.st_ino and other.st_dev == st.st_dev:
-                    rel = split(os.path.relpath(path, self.upper))
-                    if rel != parts:
-                        self.invalidate(rel)
+        for other in self._links.names(st) - {parts}:
+            self.invalidate(other)
+
+    def _linked_stat(self, parts: Parts) -> os.stat_result | None:
+        """The upper file at ``parts`` when it has other links (which a rename over it changes)."""
+        try:
+            st = os.lstat(self._upath(parts), dir_fd=self._ufd)
+        except FileNotFoundError:
+            return None
+        return st if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) else None
+
+    def _renamed_links(self, old: Parts, new: Parts, is_dir: bool, replaced: os.stat_result | None) -> None:
+        """After a rename: the index follows the names, the other links of a file renamed over
+        show its new link count, and those of the renamed file its new ctime."""
+        assert self._links is not None
+        if replaced is not None:
+            self._invalidate_links(new, replaced)
+            self._links.unlinked(replaced, new)
+        if is_dir:
+            self._links.moved(old, new)
+            return
+        st = os.lstat(self._upath(new), dir_fd=self._ufd)
+        if st.st_nlink > 1:
+            self._links.moved(old, new)
+            self._invalidate_links(new, st)
 
     def close(self) -> None:
         for fh in list(self._handles):
