@@ -275,3 +275,19 @@ def test_block_counts_let_du_and_sparse_tar_see_the_data(mnt: Path, plain: Path)
     assert facts["tar --sparse round trip"] == [] and facts["du covers the data"]
     st = os.lstat(mnt / BIG)
     assert st.st_blocks == -(-st.st_size // 512)  # an image file: its size rounded up to 512-byte blocks
+
+
+def write_through_a_link_facts(root: Path) -> dict[str, tuple]:
+    (root / "a").write_bytes(b"first\n")
+    os.link(root / "a", root / "b")
+    os.stat(root / "b")  # the kernel caches b's attributes
+    with open(root / "a", "ab") as f:
+        f.write(b"more\n")
+        f.flush()
+        while_open = os.stat(root / "b").st_size  # before the close: a write is seen at once
+    return {"while open": (while_open,), "after": (os.stat(root / "b").st_size, (root / "b").read_bytes())}
+
+
+def test_a_write_through_one_hard_link_shows_under_the_other_at_once(mnt: Path, plain: Path) -> None:
+    facts = same_on_both(mnt, plain, write_through_a_link_facts)
+    assert facts == {"while open": (11,), "after": (11, b"first\nmore\n")}

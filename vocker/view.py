@@ -174,6 +174,8 @@ class _UpperHandle:
     fd: int
     parts: Parts = ()
     written: bool = False
+    #: opened for writing while it has other names: each write refreshes them in the kernel
+    linked: bool = False
 
 
 @attrs.define
@@ -597,8 +599,11 @@ class ContainerView:
             fd = os.open(self._upath(parts), flags & ~os.O_CREAT & ~os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          dir_fd=self._ufd)
             handle: Handle = _UpperHandle(fd, parts, written=bool(flags & os.O_TRUNC))
-            if flags & os.O_TRUNC:
-                self._invalidate_links(parts, os.fstat(fd))
+            if writing:
+                st = os.fstat(fd)
+                handle.linked = st.st_nlink > 1
+                if flags & os.O_TRUNC:
+                    self._invalidate_links(parts, st)
         else:
             assert found.lower is not None
             if found.lower.kind is Kind.DIR:
@@ -787,7 +792,10 @@ class ContainerView:
         if not isinstance(h, _UpperHandle):
             raise _err(errno.EBADF)
         h.written = True
-        return os.pwrite(h.fd, data, offset)
+        written = os.pwrite(h.fd, data, offset)
+        if h.linked:  # the other names' cached size and pages are stale now, not only at close
+            self._invalidate_links(h.parts, os.fstat(h.fd))
+        return written
 
     def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles.get(fh)
@@ -799,6 +807,8 @@ class ContainerView:
         if isinstance(h, _UpperHandle):
             os.ftruncate(h.fd, length)
             h.written = True
+            if h.linked:
+                self._invalidate_links(h.parts, os.fstat(h.fd))
             return
         self._writable(parts)
         with self._mutating():
