@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import threading
 from typing import Any, Callable
 
@@ -88,8 +89,10 @@ class VockerFS(fuse.Operations):
                 "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid}
 
     @_errors
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self.view.readdir(split(path))]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
+        """Names with their types (0: unknown), so that a walk of the tree looks up only directories."""
+        return [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0),
+                *((name, kind, 0) for name, kind in self.view.readdir_typed(split(path)))]
 
     @_errors
     def readlink(self, path: str) -> str:
