@@ -191,8 +191,9 @@ class VockerFS(fuse.Operations):
 
 
 def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, audit: bool,
-          on_ready: Callable[[], None]) -> None:
-    """Mount and serve until unmounted (blocks)."""
+          on_ready: Callable[[], None], allow_other: bool = False) -> None:
+    """Mount and serve until unmounted (blocks); ``allow_other``: for other users too (the
+    kernel checks their permissions: default_permissions)."""
     options: dict[str, Any] = {
         "fsname": f"vocker:{name}", "subtype": "vocker", "default_permissions": True,
         "kernel_cache": True, "entry_timeout": CACHE_SECONDS, "attr_timeout": CACHE_SECONDS,
@@ -202,4 +203,6 @@ def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, a
         options["ro"] = True
     if audit:
         options.update(noexec=True, nosuid=True, nodev=True)
+    if allow_other:
+        options["allow_other"] = True
     fuse.FUSE(VockerFS(view, on_ready), mountpoint, foreground=True, nothreads=False, **options)
