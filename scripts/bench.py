@@ -963,8 +963,8 @@ class Bench:
             tag = r.split(":")[1]
             first = images[tag]["first_mount"]
             self.row(f"M1 first mount() of the {tag} image", first["mount"], m[r], None,
-                     "compiles nothing up front (a mount compiles a directory's sources when Python first looks "
-                     "into its __pycache__); baseline: the warm mount() above", unit="ms", base_name="later mounts",
+                     "compiles nothing up front (a mount compiles a directory's sources when a pyc of its "
+                     "__pycache__ is first looked up); baseline: the warm mount() above", unit="ms", base_name="later mounts",
                      target_desc="-", passed=None)
         one, two = images["large"]["first_imports"]
         self.row(f"M1 first `vocker run IMG -- python -c \"{self.mount_import}\"` of the large image", one, two, None,
