@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import threading
 import time
 from typing import Any, Callable
@@ -30,7 +31,9 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 #: With use_ino, mfusepy gives a bare name inode number 0, which readdir(3) skips as a deleted
 #: entry: listings say "unknown" (libfuse's FUSE_UNKNOWN_INO) and stat tells the number.
-_UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}
+_UNKNOWN_INO = 0xFFFFFFFF
+#: A listing's entry per file type (0: unknown), made once: readdir is a hot path.
+_DIRENT = {kind: {"st_mode": kind, "st_ino": _UNKNOWN_INO} for kind in (0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)}
 #: libfuse renames a file removed while open (or renamed over while open) to this name
 #: and removes that at its last close; the view removes the file at once instead.
 HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}\Z")
@@ -98,7 +101,10 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
-        return [(name, _UNKNOWN_INO, 0) for name in (".", "..", *self.view.readdir(split(path)))]
+        """Names with their types where the image tells them, so that a walk of the tree looks
+        up only directories (and the inode number "unknown": see _DIRENT)."""
+        return [(".", _DIRENT[stat.S_IFDIR], 0), ("..", _DIRENT[stat.S_IFDIR], 0),
+                *((name, _DIRENT[kind], 0) for name, kind in self.view.readdir_typed(split(path)))]
 
     @_errors
     def readlink(self, path: str) -> str:
@@ -209,8 +215,9 @@ class VockerFS(fuse.Operations):
 
 
 def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, audit: bool,
-          on_ready: Callable[[], None]) -> None:
-    """Mount and serve until unmounted (blocks)."""
+          on_ready: Callable[[], None], allow_other: bool = False) -> None:
+    """Mount and serve until unmounted (blocks); ``allow_other``: for other users too (the
+    kernel checks their permissions: default_permissions)."""
     options: dict[str, Any] = {
         "fsname": f"vocker:{name}", "subtype": "vocker", "default_permissions": True,
         "kernel_cache": True, "entry_timeout": CACHE_SECONDS, "attr_timeout": CACHE_SECONDS,
@@ -221,4 +228,6 @@ def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, a
         options["ro"] = True
     if audit:
         options.update(noexec=True, nosuid=True, nodev=True)
+    if allow_other:
+        options["allow_other"] = True
     fuse.FUSE(VockerFS(view, on_ready), mountpoint, foreground=True, nothreads=False, **options)

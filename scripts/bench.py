@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark vocker against `cp -a`, plain disk and uv (and vocker 0.6.2 from PyPI) on realistic venvs.
 
-Run through ``scripts/bench`` (it sets up .venv and puts it on PATH). Two parts,
-``--only import`` / ``--only mount`` run one of them (default: both).
+Run through ``scripts/bench`` (it sets up .venv and puts it on PATH). Parts: ``--only
+import``, ``mount``, ``build`` or ``writes`` runs one of them (default: all).
 
 The import/export part:
 
@@ -29,6 +29,16 @@ M3. ``find`` and ``tar cf - | cat`` over the whole tree, warm;
 M4. sequential read of a generated 500 MiB file (plain-tree image), warm;
 M5. from image in store to ``python -c pass`` in a fresh environment: ``vocker run``
     vs ``vocker export`` + run vs ``uv venv`` + ``uv pip install`` (warm uv cache).
+
+The writes part (``--only writes``; a container of the small image against the same
+on plain disk, i.e. the image exported, in the same run; a fresh container each time):
+
+W1. ``tar xf`` of an archive of 10 000 small files in 400 directories;
+W2. ``uv pip install --no-deps`` (offline, warm uv cache, copy mode) of 50 distributions
+    from the mount part's wheels;
+W3. ``git clone`` (``file://``: the pack protocol) of a generated repository of 3 000 files
+    and 300 commits;
+W4. ``find`` and ``du -s`` over the large image (the mount part's), warm.
 
 Every timing is the wall-clock time of the whole command (interpreter start-up
 included) unless it says in-process, the median of ``--repeat`` runs (3x as many for
@@ -150,6 +160,19 @@ TARGET_PY_WARM = 1.15         # python -c "import ..." on the mount vs the expor
 TARGET_PY_COLD = 1.35         # the same with the page cache dropped (and a fresh mount)
 TARGET_SEQREAD = 0.8          # throughput of a warm sequential read vs disk (at least)
 TARGET_RUN_VS_UV = 0.2        # vocker run ... python -c pass: at least 5x faster than uv venv + install
+
+# -- the writes part (``--only writes``) -----------------------------------------------------------
+
+#: W1: the archive extracted: directories x files per directory (deterministic contents, 0-4 KiB).
+TAR_DIRS, TAR_FILES_PER_DIR = 400, 25
+QUICK_TAR_DIRS = 40
+#: W2: distributions installed into the small image (taken from the mount part's wheels, --no-deps).
+PIP_DISTS = 50
+QUICK_PIP_DISTS = 5
+#: W3: the repository cloned: files, and commits that each change a few of them.
+GIT_FILES, GIT_COMMITS = 3000, 300
+QUICK_GIT_FILES, QUICK_GIT_COMMITS = 300, 30
+TARGET_WRITES = 1.5           # tar xf / pip install / git clone into a container vs plain disk (at most)
 
 MB = 1e6  # decimal megabytes, as vocker prints them
 
@@ -360,7 +383,7 @@ class Bench:
         self.mount_import = QUICK_IMPORT if self.quick else ENV100_IMPORT
         self.base_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.live_mounts: dict[str, dict[str, str]] = {}  # mount point -> env of the vocker that mounted it
-        self.parts = ["import", "mount", "build"] if args.only == "all" else [args.only]
+        self.parts = ["import", "mount", "build", "writes"] if args.only == "all" else [args.only]
 
     # == build (--only build) =========================================================================
 
@@ -438,7 +461,7 @@ class Bench:
         self.runner.run([self.vocker, "export", "warm:up", str(self.scratch / "warm-up-out")], env=env,
                         name="warm-export")
         self.runner.run([self.vocker, "df"], env=env, name="warm-df")
-        if "mount" in self.parts:  # vocker.mounting, the daemon, mfusepy
+        if "mount" in self.parts or "writes" in self.parts:  # vocker.mounting, the daemon, mfusepy
             mnt = self.fresh(self.scratch / "warm-up-mnt")
             self.vmount(env, "warm:up", mnt, "warm")
             self.vunmount(env, mnt, "warm")
@@ -940,8 +963,8 @@ class Bench:
             tag = r.split(":")[1]
             first = images[tag]["first_mount"]
             self.row(f"M1 first mount() of the {tag} image", first["mount"], m[r], None,
-                     "compiles nothing up front (a mount compiles a directory's sources when Python first looks "
-                     "into its __pycache__); baseline: the warm mount() above", unit="ms", base_name="later mounts",
+                     "compiles nothing up front (a mount compiles a directory's sources when a pyc of its "
+                     "__pycache__ is first looked up); baseline: the warm mount() above", unit="ms", base_name="later mounts",
                      target_desc="-", passed=None)
         one, two = images["large"]["first_imports"]
         self.row(f"M1 first `vocker run IMG -- python -c \"{self.mount_import}\"` of the large image", one, two, None,
@@ -1195,6 +1218,207 @@ class Bench:
         lines.append(f"- leftover mounts: {res.get('leftover_mounts', '?')}")
         return "\n".join(lines) + "\n"
 
+
+    # == writes into a container (--only writes) =======================================================
+    #
+    # W1 tar xf / W2 uv pip install / W3 git clone, each into a fresh container of the small image
+    # and into the same on plain disk (the image exported), interleaved; W4 find and du -s over the
+    # large image, warm. Every mount is tracked in self.live_mounts and unmounted in a finally.
+
+    def writes_part(self) -> None:
+        res: dict[str, Any] = {}
+        self.results["scenarios"]["writes"] = res
+        try:
+            self._writes_part(res)
+        except BenchError as exc:
+            console.print(f"[red]writes part failed:[/red] {exc}")
+            self.row("writes", None, None, None, f"FAILED: {str(exc).splitlines()[0]}", result="FAILED")
+        finally:
+            res["leftover_mounts"] = self.unmount_leftovers("end of the writes part")
+
+    def _writes_part(self, res: dict[str, Any]) -> None:
+        self.fetch_mount_wheels()
+        small = self.uv_venv("small", SMALL_PINS)
+        large = self.uv_venv("quick" if self.quick else "env100", QUICK_PINS if self.quick else ENV100_PINS)
+        home = self.fresh(self.stores / "writes")
+        env = self.venv_env(home)
+        (self.scratch / "mnt").mkdir(parents=True, exist_ok=True)
+        for tag, tree in (("small", small), ("large", large)):
+            log(f"writes part: importing {tree.name} as bench:{tag}")
+            self.runner.run([self.vocker, "image", "import", str(tree), "-t", f"bench:{tag}"], env=env,
+                            name=f"writes-import-{tag}")
+        base = self.fresh(self.scratch / "writes-small")  # the plain-disk twin of the small image
+        self.runner.run([self.vocker, "export", "bench:small", str(base)], env=env, name="writes-export-small")
+        archive, files = self.tar_archive()
+        repo = self.git_repo()
+        wheels = self.pip_wheels()
+        res.update({"tar_files": files, "pip_wheels": [w.name for w in wheels], "repo": str(repo)})
+        py = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+        uv_env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") and k != "VIRTUAL_ENV"}
+        uv_env.update(UV_CACHE_DIR=str(self.work / "uv-cache-writes"), UV_LINK_MODE="copy")
+        q = shlex.quote
+        workloads = {  # name -> shell command writing into DEST (a directory that does not exist yet) or ENV
+            "tar": f"mkdir DEST && tar xf {q(str(archive))} -C DEST",
+            "pip": (f"{q(self.uv)} pip install --quiet --no-config --offline --no-index --no-deps --python "
+                    f"ENV/bin/python " + " ".join(q(str(w)) for w in wheels)),
+            "git": f"git clone --quiet file://{q(str(repo))} DEST",
+        }
+        # the uv cache is warm on both sides: unpack every wheel once, untimed
+        warm = self.fresh(self.scratch / "writes-uv-warm")
+        shutil.copytree(base, warm, symlinks=True)
+        self.runner.run(["bash", "-c", workloads["pip"].replace("ENV", q(str(warm)))], env=uv_env, name="w2-warm")
+        rmtree(warm)
+        times: dict[str, dict[str, list[float]]] = {w: {"mount": [], "disk": []} for w in workloads}
+        checks: dict[str, dict[str, str]] = {w: {} for w in workloads}
+        for i in range(self.repeat):
+            for what, cmd in workloads.items():
+                for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
+                    seconds, check = self.write_once(env, uv_env, what, cmd, side, base, py, i)
+                    times[what][side].append(seconds)
+                    checks[what][side] = check
+        res["times"], res["checks"] = times, checks
+        labels = {"tar": f"W1 `tar xf` of {files} files in {TAR_DIRS if not self.quick else QUICK_TAR_DIRS} "
+                         "directories into a container",
+                  "pip": f"W2 `uv pip install` of {len(wheels)} distributions into a container",
+                  "git": f"W3 `git clone` of a {GIT_FILES if not self.quick else QUICK_GIT_FILES}-file, "
+                         f"{GIT_COMMITS if not self.quick else QUICK_GIT_COMMITS}-commit repository into a container"}
+        hows = {"tar": "a fresh container of the small image each time; the archive's files are 0-4 KiB",
+                "pip": "--offline --no-index --no-deps, warm uv cache, UV_LINK_MODE=copy on both sides, into the "
+                       "small image (disk: a copy of its export)",
+                "git": "file:// URL (the pack protocol, no hard links), then a checkout of every file"}
+        for what in workloads:
+            t = times[what]
+            same = checks[what]["mount"] == checks[what]["disk"]
+            ratio = median(t["mount"]) / median(t["disk"])
+            self.row(labels[what], median(t["mount"]), median(t["disk"]), None,
+                     f"{hows[what]}; result identical to disk: {same}; paired ratio {_paired(t['mount'], t['disk'])}; "
+                     f"samples {_samples(t['mount'])}; disk {_samples(t['disk'])}", base_name="plain disk",
+                     target_desc=f"<= {TARGET_WRITES}x disk", passed=ratio <= TARGET_WRITES and same)
+        self.w4_walk(env, res)
+        rmtree(base)
+
+    def write_once(self, env: dict[str, str], uv_env: dict[str, str], what: str, cmd: str, side: str, base: Path,
+                   py: str, i: int) -> tuple[float, str]:
+        """One timed run of a workload on one side; its time and a digest of what it wrote."""
+        q = shlex.quote
+        if side == "disk":
+            root = self.fresh(self.scratch / f"writes-disk-{what}")
+            if what == "pip":
+                shutil.copytree(base, root, symlinks=True)
+            else:
+                root.mkdir()
+            ctx: Any = contextlib.nullcontext(root)
+        else:
+            ctx = self.cli_mounted(env, "bench:small", self.scratch / "mnt" / f"writes-{what}-{i}", f"w-{what}")
+        with ctx as root:
+            shell = cmd.replace("DEST", q(str(root / "dest"))).replace("ENV", q(str(root)))
+            r = self.runner.run(["bash", "-c", shell], env=uv_env if what == "pip" else None,
+                                name=f"w-{what}-{side}", timeout=3600)
+            target = root / py if what == "pip" else root / "dest"
+            # what was written: names, kinds, modes and file sizes (not .git, whose packs may differ)
+            listing = self.runner.run(["bash", "-c", f"cd {q(str(target))} && find . -path ./.git -prune -o -type d "
+                                                     "-printf '%p d %m\\n' -o -printf '%p %y %m %s\\n' | LC_ALL=C "
+                                                     "sort | sha256sum"], name=f"w-{what}-{side}-check").stdout.split()[0]
+        if side == "disk":
+            rmtree(root)
+        return r.seconds, listing
+
+    def w4_walk(self, env: dict[str, str], res: dict[str, Any]) -> None:
+        """find and du -s over the large image, warm, against its export."""
+        exported = self.fresh(self.scratch / "writes-export-large")
+        self.runner.run([self.vocker, "export", "bench:large", str(exported)], env=env, name="writes-export-large")
+        n = self.fast_n
+        with self.cli_mounted(env, "bench:large", self.scratch / "mnt" / "writes-walk", "w-walk") as live:
+            q = {"mount": shlex.quote(str(live)), "disk": shlex.quote(str(exported))}
+            for what, cmd in (("find", "find {} > /dev/null"), ("du", "du -s {} > /dev/null")):
+                first = {side: self.runner.run(["bash", "-c", cmd.format(q[side])], name=f"w4-{what}-prime-{side}").seconds
+                         for side in ("mount", "disk")}
+                t: dict[str, list[float]] = {"mount": [], "disk": []}
+                for i in range(n):
+                    for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
+                        t[side].append(self.runner.run(["bash", "-c", cmd.format(q[side])],
+                                                       name=f"w4-{what}-{side}").seconds)
+                res[f"w4_{what}"] = {**t, "prime": first}
+                self.row(f"W4 `{cmd.format('DIR').replace(' > /dev/null', '')}` over the large image, warm",
+                         median(t["mount"]), median(t["disk"]), None,
+                         f"paired ratio {_paired(t['mount'], t['disk'])}; samples {_samples(t['mount'])}; disk "
+                         f"{_samples(t['disk'])}; first run on this mount (untimed prime) {first['mount']:.2f} s, disk "
+                         f"{first['disk']:.2f} s", base_name="exported venv", target_desc="-", passed=None)
+        rmtree(exported)
+
+    def tar_archive(self) -> tuple[Path, int]:
+        """The W1 archive (generated once): TAR_DIRS directories of TAR_FILES_PER_DIR files of 0-4 KiB."""
+        dirs = QUICK_TAR_DIRS if self.quick else TAR_DIRS
+        archive = self.work / "data" / f"writes-{dirs}x{TAR_FILES_PER_DIR}.tar"
+        stamp = archive.with_name(archive.name + ".spec")
+        spec = spec_hash("tar-v1", dirs, TAR_FILES_PER_DIR)
+        if self.args.rebuild or not stamp.exists() or stamp.read_text() != spec:
+            log(f"generating {archive.name}: {dirs * TAR_FILES_PER_DIR} files in {dirs} directories")
+            tree = self.fresh(self.scratch / "writes-tar-tree")
+            rng = random.Random(20261130)
+            for d in range(dirs):
+                sub = tree / f"d{d // 20:02d}" / f"dir{d:03d}"
+                sub.mkdir(parents=True)
+                for f in range(TAR_FILES_PER_DIR):
+                    (sub / f"file{f:02d}.txt").write_bytes(rng.randbytes(rng.randrange(0, 4096)))
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            self.runner.run(["tar", "cf", str(archive), "-C", str(tree), "."], name="w1-make-archive")
+            rmtree(tree)
+            stamp.write_text(spec)
+        return archive, dirs * TAR_FILES_PER_DIR
+
+    def git_repo(self) -> Path:
+        """The W3 repository (generated once): GIT_FILES files, GIT_COMMITS commits changing a few each."""
+        files, commits = (QUICK_GIT_FILES, QUICK_GIT_COMMITS) if self.quick else (GIT_FILES, GIT_COMMITS)
+        repo = self.work / "data" / f"writes-repo-{files}x{commits}"
+        stamp = repo.with_name(repo.name + ".spec")
+        spec = spec_hash("git-v1", files, commits)
+        if self.args.rebuild or not stamp.exists() or stamp.read_text() != spec:
+            log(f"generating {repo.name}: {files} files, {commits} commits")
+            self.fresh(repo)
+            genv = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.invalid",
+                        GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.invalid",
+                        GIT_AUTHOR_DATE="2026-11-30T00:00:00Z", GIT_COMMITTER_DATE="2026-11-30T00:00:00Z")
+            self.runner.run(["git", "init", "-q", "-b", "main", str(repo)], env=genv, name="w3-git-init")
+            rng = random.Random(20261130)
+            paths = [Path(f"pkg{i % 30:02d}") / f"sub{i % 7}" / f"mod{i:04d}.py" for i in range(files)]
+
+            def write(path: Path, round_: int) -> None:
+                (repo / path).parent.mkdir(parents=True, exist_ok=True)
+                lines = [f"# {path} round {round_}"] + [f"VALUE_{k} = {rng.random():.12f}" for k in
+                                                        range(rng.randrange(5, 80))]
+                (repo / path).write_text("\n".join(lines) + "\n")
+
+            per = -(-files // (commits // 2))  # the first half of the commits adds the files
+            for c in range(commits):
+                if c < commits // 2:
+                    for p in paths[c * per:(c + 1) * per]:
+                        write(p, c)
+                else:
+                    for p in rng.sample(paths, 12):
+                        write(p, c)
+                self.runner.run(["bash", "-c", f"git add -A && git commit -q -m 'commit {c}'"], env=genv,
+                                name="w3-git-commit", cwd=repo)
+            self.runner.run(["git", "gc", "-q"], env=genv, name="w3-git-gc", cwd=repo)
+            stamp.write_text(spec)
+        return repo
+
+    def pip_wheels(self) -> list[Path]:
+        """W2's distributions: the first of the mount part's wheels that the small image lacks."""
+        n = QUICK_PIP_DISTS if self.quick else PIP_DISTS
+        have = {p.split("==")[0].replace("-", "_").lower() for p in SMALL_PINS}
+        wheels = sorted(w for w in self.mount_wheels.glob("*.whl") if w.name.split("-")[0].lower() not in have)
+        if len(wheels) < n:
+            raise BenchError(f"only {len(wheels)} wheels in {self.mount_wheels}, {n} wanted")
+        return wheels[:n]
+
+    def writes_facts_md(self) -> str:
+        res = self.results["scenarios"].get("writes", {})
+        return (f"- container: a fresh throw-away container of the small image (`vocker mount`, not timed) for "
+                f"each run; disk: a directory on the same file system (for W2 a copy of the image's export)\n"
+                f"- W2 distributions: {', '.join(w.split('-')[0] for w in res.get('pip_wheels', []))}\n"
+                f"- leftover mounts: {res.get('leftover_mounts', '?')}\n")
+
     # -- optional profile ----------------------------------------------------------------------------
 
     def profile(self, venv: Path) -> None:
@@ -1262,7 +1486,7 @@ class Bench:
         return rows
 
     def table(self, part: str) -> Table:
-        what = {"import": "import/export", "mount": "mount layer"}.get(part, part)
+        what = {"import": "import/export", "mount": "mount layer", "writes": "writes into containers"}.get(part, part)
         t = Table(title=f"vocker benchmark: {what} ({self.mode}, median of {self.repeat})", show_lines=True)
         for col in ("scenario", "vocker", "baseline", "ratio", "target", "result", "details"):
             t.add_column(col, overflow="fold", ratio=3 if col == "details" else None)
@@ -1310,6 +1534,11 @@ class Bench:
             self.part = "build"
             self.build_part()
             self.results["elapsed_build_s"] = time.perf_counter() - t0
+        if "writes" in self.parts:
+            t0 = time.perf_counter()
+            self.part = "writes"
+            self.writes_part()
+            self.results["elapsed_writes_s"] = time.perf_counter() - t0
         elapsed = time.perf_counter() - started
         self.results["elapsed_s"] = elapsed
         self.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -1334,6 +1563,9 @@ class Bench:
             md.append(f"\n## build ({self.results.get('elapsed_build_s', 0):.0f} s)\n\n"
                       f"{len(BUILD_PINS)} pinned distributions from the import part's wheels, offline "
                       f"(--no-index --find-links), warm uv cache\n\n" + self.markdown("build"))
+        if "writes" in self.parts:
+            md.append(f"\n## writes into a container ({self.results.get('elapsed_writes_s', 0):.0f} s)\n\n"
+                      + self.writes_facts_md() + "\n" + self.markdown("writes"))
         (self.work / "results.md").write_text("".join(md))
         for part in self.parts:
             console.print(self.table(part))
@@ -1596,8 +1828,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "tar, python imports and a big read (WORK/profile-mount.txt)")
     p.add_argument("--rebuild", action="store_true", help="re-create the test venvs (and the generated file) "
                    "even if cached")
-    p.add_argument("--only", choices=("import", "mount", "build", "all"), default="all",
-                   help="run only the import/export part or only the mount-layer part (default: all)")
+    p.add_argument("--only", choices=("import", "mount", "build", "writes", "all"), default="all",
+                   help="run only one part: import/export, the mount layer, build, or writes into "
+                        "containers (default: all)")
     args = p.parse_args(argv)
     args.argv = argv
     if args.repeat is None:

@@ -212,3 +212,35 @@ def test_a_busy_store_database_delays_an_import_through_a_mount_by_seconds_at_mo
     log = next((vocker_home / "containers").glob("*/daemon.log")).read_text()
     assert "cannot compile or cache bytecode for" in log and "locked" in log, log
     assert _compiled(vocker_home, venv, "alpha") == {False}
+
+
+def test_a_walk_of_a_fresh_mount_compiles_nothing_and_an_import_then_uses_served_bytecode(
+        fresh_mount, vocker, vocker_home: Path) -> None:
+    # find, an IDE indexer or du must not wait for bytecode nobody imports (a first `find` over a
+    # 100-distribution image compiled 4,500 sources: 18 s instead of 0.1)
+    venv, mnt = fresh_mount
+    vocker("mount", "fresh", mnt)
+    walked = subprocess.run(["find", str(mnt)], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]
+    tag = sys.implementation.cache_tag
+    site = next(mnt.glob("lib/python*/site-packages"))
+    gamma_pycs = [f"__init__.{tag}.pyc", f"big.{tag}.pyc"]
+    assert sorted(os.listdir(site / "gamma" / "__pycache__")) == gamma_pycs  # listed, as export writes them
+    assert f"{site}/gamma/__pycache__/__init__.{tag}.pyc" in walked
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(0,)]
+
+    # a stat of a listed pyc compiles its directory: the size it tells is the bytes a read gives
+    pyc = site / "gamma" / "__pycache__" / f"__init__.{tag}.pyc"
+    assert pyc.stat().st_size == len(pyc.read_bytes()) > 16
+    assert query(vocker_home, "SELECT COUNT(*) FROM pycs") == [(2,)]  # gamma/__init__.py and big.py, no more
+    assert _compiled(vocker_home, venv, "gamma/sub") == {False} and _compiled(vocker_home, venv, "alpha") == {False}
+    assert sorted(os.listdir(site / "gamma" / "__pycache__")) == gamma_pycs
+
+    writes = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    subprocess.run([str(mnt / "bin" / "python"), "-c", "import alpha, gamma.sub.mod1"], check=True, env=writes)
+    assert _compiled(vocker_home, venv, "alpha") == {True, False}  # compiled at import, huge.py left to Python
+    assert _compiled(vocker_home, venv, "gamma/sub") == {True}
+    # broken.py was listed before its directory was compiled; now it is known not to compile
+    assert sorted(os.listdir(site / "alpha" / "__pycache__")) == [f"__init__.{tag}.pyc"]
+    pycache = list((vocker_home / "containers").glob("*/upper/**/__pycache__/*.pyc"))
+    assert pycache == [], pycache  # Python found the bytecode; it wrote none of its own

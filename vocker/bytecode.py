@@ -10,8 +10,9 @@ a ``.py`` changes its mtime and size, so Python never runs stale bytecode; an
 untouched environment never compiles on first import.
 
 An export compiles what its image's sources lack all at once; a mount compiles a
-directory's sources when Python first looks into its ``__pycache__``, so a first
-mount is as quick as any other and compiles only what is imported.
+directory's sources when a pyc of its ``__pycache__`` is first looked up (not when it
+is listed), so a first mount is as quick as any other, a walk of the tree compiles
+nothing, and an import compiles only what it imports.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _compile_chunk(python: str, sources: list[bytes]) -> list[bytes | None]:
 
 class Compiler:
     """One compiler process kept for a mount, which compiles a directory's sources when
-    Python first looks into its ``__pycache__`` (a process per directory would add ~20 ms
+    a pyc of its ``__pycache__`` is first looked up (a process per directory would add ~20 ms
     to each). Thread-safe; the process ends with the mount (EOF on its stdin).
 
     A source the process dies on twice counts as one that does not compile, so one bad

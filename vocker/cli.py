@@ -366,6 +366,12 @@ def config_cmd() -> None:
     out.print(table)
 
 
+allow_other_option = click.option(
+    "--allow-other", is_flag=True,
+    help="Let other users (a service user) use the mount too; file permissions still apply. As non-root "
+         "it needs 'user_allow_other' in /etc/fuse.conf.")
+
+
 @cli.command("mount")
 @click.argument("ref", metavar="IMAGE|CONTAINER")
 @click.argument("directory")
@@ -373,7 +379,9 @@ def config_cmd() -> None:
 @click.option("--audit", is_flag=True, help="Read-only, noexec,nosuid,nodev; raw contents, no scaffolding.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment (default: a matching one found on this machine).")
-def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Path | None) -> None:
+@allow_other_option
+def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Path | None,
+              allow_other: bool) -> None:
     """Mount an image or a named container at DIRECTORY and return; a background process serves it.
 
     An image gets a throw-away writable layer, discarded at unmount; a named container
@@ -387,7 +395,8 @@ def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Pa
     """
     from .mounting import mount
 
-    record = mount(_store(), ref, directory, read_only=read_only, audit=audit, python=python)
+    record = mount(_store(), ref, directory, read_only=read_only, audit=audit, python=python,
+                   allow_other=allow_other)
     out.print(f"Mounted {ref} at {record.mountpoint} (container {record.container}, pid {record.pid})", markup=False)
 
 
@@ -491,7 +500,8 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
 @click.option("--read-only", is_flag=True, help="Mount without a writable layer.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment.")
-def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | None) -> None:
+@allow_other_option
+def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | None, allow_other: bool) -> None:
     """Run COMMAND with the environment mounted and active (use -- before COMMAND).
 
     Mounts in a temporary directory, sets PATH and VIRTUAL_ENV, passes the exit code and
@@ -500,19 +510,20 @@ def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | 
     """
     from .running import run_in
 
-    sys.exit(run_in(_store(), ref, list(command), read_only=read_only, python=python))
+    sys.exit(run_in(_store(), ref, list(command), read_only=read_only, python=python, allow_other=allow_other))
 
 
 @cli.command("shell")
 @click.argument("ref", metavar="IMAGE|CONTAINER")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment.")
-def shell_cmd(ref: str, python: Path | None) -> None:
+@allow_other_option
+def shell_cmd(ref: str, python: Path | None, allow_other: bool) -> None:
     """Open an interactive shell ($SHELL) with the environment mounted and active."""
     from .running import run_in
 
     shell = os.environ.get("SHELL") or "/bin/sh"
-    sys.exit(run_in(_store(), ref, [shell], python=python))
+    sys.exit(run_in(_store(), ref, [shell], python=python, allow_other=allow_other))
 
 
 def _one_line(exc: BaseException) -> tuple[str, int]:

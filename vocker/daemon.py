@@ -102,7 +102,8 @@ def main(config: dict[str, Any]) -> int:
             threading.Thread(target=_watch_owner, args=(config["owner_pid"], config["mountpoint"]),
                              daemon=True).start()
         containers.record_mount(store, mountpoint, name, os.getpid(),
-                                {"read_only": config["read_only"], "audit": config["audit"]})
+                                {"read_only": config["read_only"], "audit": config["audit"],
+                                 "allow_other": config.get("allow_other", False)})
         recorded = True
         log.info("serving container %s (image %s) at %s", name, config["image_id"], mountpoint)
         # The read-ahead goes through the mount, so its reads are served like any request. A
@@ -116,7 +117,7 @@ def main(config: dict[str, Any]) -> int:
                                  args=(store, view, config["image_id"], config["mountpoint"], flag)).start()
 
         serve(view, config["mountpoint"], name=name, read_only=config["read_only"], audit=config["audit"],
-              on_ready=ready)
+              allow_other=config.get("allow_other", False), on_ready=ready)
         _save_profile(store, view, config["image_id"])
     except BaseException as exc:  # reported to the waiting parent as one line
         log.exception("mount failed")

@@ -39,6 +39,8 @@ READY_TIMEOUT = 60.0
 FUSECTL = "/sys/fs/fuse/connections"
 #: How long unmount retries a busy mount (the daemon's read-ahead closes its files within one read).
 BUSY_GRACE = 0.5
+#: Where libfuse's fusermount3 reads whether users other than root may mount with allow_other.
+FUSE_CONF = "/etc/fuse.conf"
 
 #: Daemons this (multi-threaded) process started as children, kept so they can be reaped.
 _spawned: list[subprocess.Popen] = []
@@ -156,11 +158,28 @@ def _claim_named(store: Store, name: str) -> int:
     return lock
 
 
+def user_allow_other(conf: str = FUSE_CONF) -> bool:
+    """Whether fusermount3 lets a user other than root mount with allow_other (a line
+    ``user_allow_other`` in /etc/fuse.conf, as fusermount3 reads it)."""
+    try:
+        with open(conf, encoding="utf-8", errors="replace") as f:
+            return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
 def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, audit: bool = False,
-          owner_pid: int | None = None, python: Path | None = None) -> MountRecord:
-    """Mount a container (by name) or a fresh throw-away container of an image (by ref)."""
+          owner_pid: int | None = None, python: Path | None = None, allow_other: bool = False) -> MountRecord:
+    """Mount a container (by name) or a fresh throw-away container of an image (by ref).
+
+    ``allow_other``: other users may use the mount too (file permissions still apply); the
+    daemon, which runs as its owner, reads the private store for them.
+    """
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         raise VockerError("FUSE is not available: install fuse3 (apt-get install fuse3) and make sure /dev/fuse exists")
+    if allow_other and os.geteuid() != 0 and not user_allow_other():
+        raise VockerError(f"--allow-other needs a line 'user_allow_other' in {FUSE_CONF} (root may add it: it lets "
+                          "users share their FUSE mounts), or a mount made by root")
     mountpoint = resolve_mountpoint(path)
     _check_mountpoint(store, mountpoint)
     container = containers.get(store, ref)
@@ -181,10 +200,10 @@ def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, 
         read_only = read_only or audit
         log_path = containers.container_dir(store, container.name) / "daemon.log"
         r, w = os.pipe()
-        options = {"read_only": read_only, "audit": audit}
+        options = {"read_only": read_only, "audit": audit, "allow_other": allow_other}
         config = {"store": str(store.root), "container": container.name, "image_id": image_id,
                   "mountpoint": mountpoint, "read_only": read_only, "audit": audit, "interpreter": interpreter,
-                  "owner_pid": owner_pid, "ready_fd": w, "lock_fd": lock}
+                  "owner_pid": owner_pid, "ready_fd": w, "lock_fd": lock, "allow_other": allow_other}
         try:
             _start_daemon(store, config, log_path, r, w, lock)
             message = _wait_ready(r)
@@ -368,14 +387,15 @@ def reap_orphans(store: Store) -> list[str]:
 
 @contextlib.contextmanager
 def mounted(store: Store, ref: str, path: Path | None = None, *, read_only: bool = False,
-            python: Path | None = None) -> Iterator[Path]:
+            python: Path | None = None, allow_other: bool = False) -> Iterator[Path]:
     """Mount for the duration of a block (in a new temporary directory by default); always unmounts.
 
     The daemon also unmounts by itself if this process dies, even by kill -9.
     """
     made = path is None
     where = Path(tempfile.mkdtemp(prefix="vocker-")) if path is None else path
-    record = mount(store, ref, where, read_only=read_only, owner_pid=os.getpid(), python=python)
+    record = mount(store, ref, where, read_only=read_only, owner_pid=os.getpid(), python=python,
+                   allow_other=allow_other)
     try:
         yield Path(record.mountpoint)
     finally:

@@ -22,10 +22,10 @@ def activated_env(root: Path, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = False,
-           python: Path | None = None) -> int:
+           python: Path | None = None, allow_other: bool = False) -> int:
     if command and command[0] == "--":
         command = command[1:]
-    with mounted(store, ref, read_only=read_only, python=python) as root:
+    with mounted(store, ref, read_only=read_only, python=python, allow_other=allow_other) as root:
         try:
             proc = subprocess.Popen(command, env=activated_env(root))
         except OSError as exc:

@@ -48,11 +48,12 @@ log = logging.getLogger("vocker.view")
 #: A mount compiles bytecode inside a lookup: it waits this long for another writer of
 #: the store, then lets Python compile instead.
 COMPILE_WAIT_MS = 2000
-#: After a failed compile, a directory's listing tries again no sooner than this.
+#: After a failed compile, a lookup of a pyc of that directory tries again no sooner than this.
 COMPILE_RETRY_SECONDS = 30.0
-#: A mount compiles a directory's sources together when Python first looks into its
-#: __pycache__; bigger sources (a few generated modules) would hold that lookup for
-#: seconds even when nobody imports them, so Python compiles those itself if it does.
+#: A mount compiles a directory's sources together when the first pyc of its __pycache__
+#: that has no cached bytecode yet is looked up; bigger sources (a few generated modules)
+#: would hold that lookup for seconds even when nobody imports them, so Python compiles
+#: those itself if it does.
 COMPILE_MAX_BYTES = 1 << 20
 
 Parts = tuple[str, ...]
@@ -63,6 +64,7 @@ OPAQUE = ".wh..wh..opq"
 #: Contents up to this size are kept decoded in memory after their first read; larger
 #: ones are read chunk by chunk, with the chunk digests the store records for them.
 SMALL = ONE_FRAME_MAX
+_FILE_TYPE = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
 
 
 def split(path: str) -> Parts:
@@ -108,6 +110,9 @@ class Lower:
     pyc_dir: Parts | None = None
     #: for a generated pyc: (pyc body digest, body size, source size)
     pyc: tuple[str, int, int] | None = None
+    #: a pyc listed for a source not compiled yet: only a listing shows it; a lookup compiles
+    #: its directory first (_lower), so a walk of the tree (find, an indexer) compiles nothing
+    pyc_pending: bool = False
     #: a stored symlink that points out of the image: never served (EIO), as export refuses it
     escapes: bool = False
 
@@ -286,16 +291,12 @@ class ContainerView:
             children.setdefault(name, extra)  # the image's own file wins
         for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
             children.setdefault(sub, Lower(Kind.DIR))
-        complete = True
         if node.pyc_dir is not None:
-            pycs, complete = self._pyc_nodes(node.pyc_dir)
-            children.update(pycs)
+            children.update(self._pyc_nodes(node.pyc_dir))
         elif self._pycs and "__pycache__" not in children and any(
                 e.name.endswith(".py") and not e.template and e.kind is Kind.FILE for e in entries) and \
                 bytecode.in_lib(parts, self.facts.lib):  # type: ignore[union-attr]
             children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
-        if not complete:  # listed again on its next lookup, when the compile may succeed
-            return children
         if len(self._children) > 100_000:
             self._children.clear()
         self._children[parts] = children
@@ -308,31 +309,49 @@ class ContainerView:
             return Lower(Kind.SYMLINK, entry=e, target=e.target, escapes=True)
         return Lower(e.kind, executable=e.executable, entry=e, target=e.target)
 
-    def _pyc_nodes(self, src_dir: Parts) -> tuple[dict[str, Lower], bool]:
-        """The pycs of a directory's sources, compiling what the store lacks; and whether
-        that listing is final (False: a compile was skipped or failed, try again later)."""
-        assert self.facts is not None
+    def _pyc_sources(self, src_dir: Parts) -> tuple[dict[str, Entry], dict[str, str]]:
+        """A directory's sources that get pycs (name -> entry), and their cache keys (name -> digest)."""
         sources = {e.name: e for e in self.store.tree(self._lower(src_dir).entry.digest).entries  # type: ignore[union-attr,arg-type]
                    if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
-        digests = {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
+        return sources, {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
+
+    def _pyc_nodes(self, src_dir: Parts) -> dict[str, Lower]:
+        """A __pycache__ as a listing shows it, compiling nothing: the pycs the store has bytecode
+        for, and a pending name for each source nobody compiled yet (a lookup of it compiles).
+
+        A pending pyc of a source that turns out not to compile is gone once looked up, as
+        export writes none for it: rare, and a walk sees the same when a file is removed."""
+        assert self.facts is not None
+        sources, digests = self._pyc_sources(src_dir)
         bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
-        complete = True
-        if len(bodies) < len(set(digests.values())):
-            complete = self._compile_missing(src_dir, sources, digests)
-            if complete:  # else nothing was stored: no need to ask again
-                bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
+        pending = {name for name, d in digests.items() if d not in bodies and sources[name].size <= COMPILE_MAX_BYTES}
+        if pending:  # known not to compile: no pyc, now or later
+            known = self.store.cached_pycs(self.facts.magic, {digests[name] for name in pending})
+            pending = {name for name in pending if digests[name] not in known}
         out = {}
         for name, d in digests.items():
+            pyc = bytecode.pyc_name(name, self.facts.cache_tag)
             if d in bodies:
                 pyc_digest, size = bodies[d]
-                out[bytecode.pyc_name(name, self.facts.cache_tag)] = Lower(
-                    Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
-        return out, complete
+                out[pyc] = Lower(Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
+            elif name in pending:
+                out[pyc] = Lower(Kind.FILE, pyc_pending=True)
+        return out
+
+    def _compile_pending(self, pycache: Parts) -> dict[str, Lower]:
+        """A pending pyc was looked up (Python opens it to import): compile its directory's
+        sources, as one batch, and list the __pycache__ again with what is cached now."""
+        node = self._lower(pycache)
+        assert node is not None and node.pyc_dir is not None
+        sources, digests = self._pyc_sources(node.pyc_dir)
+        if self._compile_missing(node.pyc_dir, sources, digests):
+            self._children.pop(pycache, None)
+        return self._lower_children(pycache) or {}
 
     def _compile_missing(self, src_dir: Parts, sources: dict[str, Entry], digests: dict[str, str]) -> bool:
         """Compile and cache what the store has no bytecode for (once per source and Python,
         for every image); False when that was skipped or failed (Python then compiles in
-        the process, and a later listing tries again)."""
+        the process, and a later lookup tries again)."""
         assert self.facts is not None and self._compiler is not None
         if time.monotonic() < self._compile_retry.get(src_dir, 0.0):
             return False
@@ -358,7 +377,12 @@ class ContainerView:
         if not parts:
             return self._root
         siblings = self._lower_children(parts[:-1])
-        return siblings.get(parts[-1]) if siblings is not None else None
+        node = siblings.get(parts[-1]) if siblings is not None else None
+        if node is not None and node.pyc_pending:  # looked up, so compiled now (listing one does not)
+            node = self._compile_pending(parts[:-1]).get(parts[-1])
+            if node is not None and node.pyc_pending:  # not compiled (the store is busy): Python compiles it
+                node = None
+        return node
 
     def _lower_size(self, node: Lower) -> int:
         if node.kind is Kind.DIR:
@@ -578,6 +602,18 @@ class ContainerView:
         if found.lower_below and found.kind_is_dir_lower:
             names |= set(self._lower_children(parts) or ()) - hidden
         return sorted(names)
+
+    def readdir_typed(self, parts: Parts) -> list[tuple[str, int]]:
+        """``readdir`` with each name's file type (its S_IFMT bits) where the image alone tells
+        it, else 0 (unknown: the kernel looks the name up if it needs it). With types, a walk
+        of the tree (find, os.walk) looks up only directories, and a pyc listed but not
+        compiled yet stays so until something opens or stats it."""
+        names = self.readdir(parts)
+        found = self.find(parts)
+        lower = (self._lower_children(parts) or {}) if found.lower_below and found.kind_is_dir_lower else {}
+        ud = self._upper_dir(parts) if found.upper else None
+        upper = ud.names if ud is not None else set()
+        return [(n, _FILE_TYPE[lower[n].kind] if n in lower and n not in upper else 0) for n in names]
 
     def readlink(self, parts: Parts) -> str:
         found = self.find(parts)
@@ -901,8 +937,8 @@ class ContainerView:
         return detached
 
     def _list_before_locking(self, parts: Parts) -> None:
-        """Listing a __pycache__ for the first time may compile: do it before _mutating
-        holds every change to the container."""
+        """Looking up a pyc not compiled yet compiles its directory: do it before _mutating
+        holds every change to the container (a rename onto a pyc name: Python writing one)."""
         with contextlib.suppress(OSError):
             self._lower_children(parts)
 
