@@ -365,9 +365,10 @@ def test_ctrl_c_at_many_points_of_an_import_tells_the_truth(vocker, tmp_path: Pa
 def test_ctrl_c_right_after_the_commit_says_the_image_is_recorded(vocker, tmp_path: Path) -> None:
     """The interrupt lands as soon as the image is in the database: the import cache's save, the
     output or the exit are interrupted, never to say "nothing was recorded" (it said so before)."""
-    tree = small_tree(tmp_path / "tree")
+    tree = small_tree(tmp_path / "tree", files=1000)
+    time.sleep(2.1)  # older than the import cache's 2 s: its save (after the commit) widens the window
     interrupted = 0
-    for i in range(6):
+    for i in range(10):
         home = tmp_path / f"home{i}"
         log = tmp_path / f"import{i}"
         proc = spawn(vocker, "image", "import", tree, "-t", "t", home=home, log=log)
