@@ -315,6 +315,12 @@ def vocker(vocker_home: Path) -> VockerRunner:
 
 # --------------------------------------------------------------------------- mounts
 
+#: ``pytestmark = MOUNTS`` in a module whose tests mount: skipped without FUSE, and every
+#: test checked for (and cleaned of) mounts and daemons left under its tmp_path.
+MOUNTS = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
+                             reason="needs FUSE (fuse3 and /dev/fuse)"),
+          pytest.mark.usefixtures("no_leftover_mounts")]
+
 
 @pytest.fixture
 def no_leftover_mounts(tmp_path: Path):  # type: ignore[no-untyped-def]

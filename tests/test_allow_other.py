@@ -18,15 +18,11 @@ from typing import Iterator
 
 import pytest
 
+from conftest import MOUNTS
 from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for
 from vocker.mounting import user_allow_other
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                       reason="needs FUSE (fuse3 and /dev/fuse)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="runs commands as the user nobody: needs root"),
-    pytest.mark.usefixtures("no_leftover_mounts"),
-]
+pytestmark = [*MOUNTS, pytest.mark.skipif(os.geteuid() != 0, reason="runs commands as the user nobody: needs root")]
 
 SITE = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 

@@ -34,13 +34,11 @@ from vocker import cbor
 from vocker.readahead import Profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import VockerRunner, _find_vocker_exe  # noqa: E402
+from conftest import MOUNTS, VockerRunner, _find_vocker_exe  # noqa: E402
 from mounthelp import (daemon_pids, force_cleanup, fuse_mounts, mount_record, mounted_under, pid_alive,  # noqa: E402
                        proc_mounts_text, query, wait_for)
 
-pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 SITE = f"lib/{PY}/site-packages"

@@ -14,22 +14,19 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import MOUNTS  # noqa: E402
 from mounthelp import mounted_under  # noqa: E402
 from test_crash import SITE, blob_files, reap, store_state, verify_in_process  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 SEED = 20261130
 OPERATIONS = ("import", "export", "gc", "build", "mount")

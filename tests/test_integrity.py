@@ -23,12 +23,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import storecraft as craft  # noqa: E402
-from conftest import _find_vocker_exe  # noqa: E402
+from conftest import MOUNTS, _find_vocker_exe  # noqa: E402
 from mounthelp import query  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 SITE = f"lib/{PY}/site-packages"

@@ -20,14 +20,13 @@ from typing import Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import VockerRunner  # noqa: E402
+from conftest import MOUNTS, VockerRunner  # noqa: E402
 from conftest import _find_vocker_exe as vocker_exe  # noqa: E402
 from mounthelp import daemon_pids, force_cleanup, fuse_mounts, mounted_under, pid_alive, query, wait_for  # noqa: E402
 from test_containers import (DATA, DATA_KEY_RAW, assert_unmounted, img, ps_rows,  # noqa: E402,F401
                              set_profile, src)
 
-pytestmark = [pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 
 def fuse_mounts_dev(mountpoint: Path) -> str:

@@ -20,7 +20,6 @@ import errno
 import hashlib
 import os
 import random
-import shutil
 import subprocess
 import sys
 import uuid
@@ -30,12 +29,11 @@ from typing import Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import VockerRunner, _find_vocker_exe  # noqa: E402
+from conftest import MOUNTS, VockerRunner, _find_vocker_exe  # noqa: E402
 from mounthelp import (compare_ops, daemon_pids, diff, force_cleanup, mount_record, mounted_under,  # noqa: E402
                        query, run_ops, snapshot, wait_for)
 
-pytestmark = pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                reason="needs FUSE (fuse3 and /dev/fuse)")
+pytestmark = MOUNTS[0]  # the FUSE check; its own autouse no_leftover_mounts (below) also covers the store
 
 MiB = 1 << 20
 BIG = "big.bin"

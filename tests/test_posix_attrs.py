@@ -13,7 +13,6 @@ differ between two file systems, so what is compared is what they mean: "now", "
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,13 +22,11 @@ from typing import Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import VockerRunner, _find_vocker_exe  # noqa: E402
+from conftest import MOUNTS, VockerRunner, _find_vocker_exe  # noqa: E402
 from mounthelp import diff, snapshot  # noqa: E402
 from test_overlay import BIG, FILES, build_tree, conform, mounted  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 SECOND = 10**9
 A_TIME = 1_000_000_000 * SECOND + 123  # 2001: older than anything the tests create

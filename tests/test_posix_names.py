@@ -33,12 +33,10 @@ import attrs
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import VockerRunner, _find_vocker_exe  # noqa: E402
+from conftest import MOUNTS, VockerRunner, _find_vocker_exe  # noqa: E402
 from mounthelp import compare_ops, diff, force_cleanup, run_ops, snapshot  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"),
-                                 reason="needs FUSE (fuse3 and /dev/fuse)"),
-              pytest.mark.usefixtures("no_leftover_mounts")]
+pytestmark = MOUNTS
 
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 SITE = f"lib/{PY}/site-packages"
