@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import MOUNTS  # noqa: E402
 from mounthelp import mounted_under  # noqa: E402
