@@ -21,7 +21,7 @@ from vocker import locking
 from vocker.bytecode import Compiler, compile_sources, shipped_mtime
 from vocker.digest import digest_bytes
 from vocker.errors import VockerError
-from vocker.view import COMPILE_MAX_BYTES
+from vocker.imagelayer import COMPILE_MAX_BYTES
 
 
 class RecordingReporter:

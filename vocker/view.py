@@ -1,9 +1,8 @@
 """A container's filesystem, independent of any mount driver.
 
 The view merges, like kernel overlayfs and OCI layers:
-- the *lower* layer: the image's Merkle tree read straight from the store (trees
-  loaded lazily, contents decompressed on demand), plus what is generated for the
-  path in use: rendered templates, venv scaffolding and cached bytecode;
+- the *lower* layer: the image as vocker.imagelayer serves it (its tree read straight
+  from the store, plus rendered templates, venv scaffolding and cached bytecode);
 - the *upper* layer: a plain directory that receives every change. Deletions are
   OCI whiteouts (an empty ``.wh.<name>``), a re-created directory is marked
   opaque (``.wh..wh..opq``), so the layer exports losslessly as an OCI layer.
@@ -26,59 +25,29 @@ import shutil
 import sqlite3
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
 import attrs
-from cachetools import LRUCache
 
-from . import bytecode, template, walk
-from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
+from . import bytecode
+from .blobstore import BlobReader
 from .errors import VockerError
+from .imagelayer import ImageLayer, Lower, Parts, refuse_escaping, split  # noqa: F401 (split: for drivers)
+from .imagelayer import os_error as _err
 from .inodes import LinkIndex, Numbers
 from .manifest import Manifest
 from .readahead import Recorder
-from .scaffold import Link, scaffold
 from .store import Store
-from .tree import Entry, Kind
+from .tree import Kind
 
 log = logging.getLogger("vocker.view")
 
-#: A mount compiles bytecode inside a lookup: it waits this long for another writer of
-#: the store, then lets Python compile instead.
-COMPILE_WAIT_MS = 2000
-#: After a failed compile, a lookup of a pyc of that directory tries again no sooner than this.
-COMPILE_RETRY_SECONDS = 30.0
-#: A mount compiles a directory's sources together when the first pyc of its __pycache__
-#: that has no cached bytecode yet is looked up; bigger sources (a few generated modules)
-#: would hold that lookup for seconds even when nobody imports them, so Python compiles
-#: those itself if it does.
-COMPILE_MAX_BYTES = 1 << 20
-
-Parts = tuple[str, ...]
 #: The longest name of a path component, in bytes (UTF-8), as on the disks of Linux and macOS.
 NAME_MAX = 255
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-#: Contents up to this size are kept decoded in memory after their first read; larger
-#: ones are read chunk by chunk, with the chunk digests the store records for them.
-SMALL = ONE_FRAME_MAX
 _FILE_TYPE = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
-
-
-def split(path: str) -> Parts:
-    return tuple(filter(None, path.split("/")))
-
-
-def _err(code: int, parts: Parts = ()) -> OSError:
-    return OSError(code, os.strerror(code), "/" + "/".join(parts))
-
-
-def _refuse_escaping(node: "Lower", parts: Parts) -> None:
-    if node.escapes:
-        log.error("unsafe symlink in image, not served: %s -> %s", "/".join(parts), node.target)
-        raise _err(errno.EIO, parts)
 
 
 def errno_of(exc: Exception, operation: str) -> int:
@@ -97,24 +66,6 @@ def errno_of(exc: Exception, operation: str) -> int:
     return errno.EIO
 
 
-@attrs.frozen
-class Lower:
-    """A node of the read-only layer: stored (``entry``) or generated (``data``/``target``)."""
-
-    kind: Kind
-    executable: bool = False
-    entry: Entry | None = None
-    data: bytes | None = None
-    target: str | None = None
-    #: for a generated __pycache__ dir: the directory whose sources it holds
-    pyc_dir: Parts | None = None
-    #: for a generated pyc: (pyc body digest, body size, source size)
-    pyc: tuple[str, int, int] | None = None
-    #: a pyc listed for a source not compiled yet: only a listing shows it; a lookup compiles
-    #: its directory first (_lower), so a walk of the tree (find, an indexer) compiles nothing
-    pyc_pending: bool = False
-    #: a stored symlink that points out of the image: never served (EIO), as export refuses it
-    escapes: bool = False
 
 
 @attrs.define
@@ -222,9 +173,9 @@ class ContainerView:
         self.audit = audit
         self.store = store
         self.manifest: Manifest = store.manifest(image_id)
-        if len(self.manifest.layers) != 1:
-            raise VockerError(f"images with {len(self.manifest.layers)} layers are not supported yet")
-        self.root_bytes = os.fsencode(root)
+        record = store.image(image_id)
+        self.mtime_ns = mtime_ns if mtime_ns is not None else bytecode.shipped_mtime(record.created) * 10**9
+        self.image = ImageLayer(store, self.manifest, root, self.mtime_ns, interpreter=interpreter, audit=audit)
         self.upper = upper
         self.work = upper.parent / "work" if upper is not None else None
         if self.work is not None:
@@ -235,246 +186,21 @@ class ContainerView:
         flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
         self._ufd = os.open(upper, flags) if upper is not None else -1
         self._wfd = os.open(self.work, flags) if self.work is not None else -1
-        record = store.image(image_id)
-        self.mtime_ns = mtime_ns if mtime_ns is not None else bytecode.shipped_mtime(record.created) * 10**9
         self.uid, self.gid = os.getuid(), os.getgid()
-        facts = self.manifest.python
-        self.facts = facts
         self._lock = threading.RLock()
-        self._children: dict[Parts, dict[str, Lower]] = {}
-        self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
-        self._contents_lock = threading.Lock()
-        self._chunk_cache = ChunkCache()
-        self._infos_fetched: set[Parts] = set()  # directories whose blob facts were fetched at once
         self._upper_dirs: dict[Parts, UpperDir | None] = {}
         self._handles: dict[int, Handle] = {}
         self._gen = 0  # even: no change in progress
         # Plain dicts (atomic under the GIL, unlike an LRU) read by every FUSE thread; bounded by clearing.
         self._found: dict[Parts, tuple[int, Found]] = {}
         self._next = itertools.count(1)
-        self._virtual: dict[Parts, dict[str, Lower]] = {}
-        if facts is not None and interpreter is not None:
-            for rel, item in scaffold(root, facts, interpreter).items():
-                parts = split(rel)
-                node = (Lower(Kind.SYMLINK, target=item.target) if isinstance(item, Link)
-                        else Lower(Kind.FILE, executable=item.executable, data=item.data))
-                self._virtual.setdefault(parts[:-1], {})[parts[-1]] = node
-        self._pycs = facts is not None and interpreter is not None
-        self._compiler = bytecode.Compiler(interpreter["executable"]) if self._pycs else None  # type: ignore[index]
-        self._compile_lock = threading.Lock()
-        self._compile_retry: dict[Parts, float] = {}  # source dir -> when a failed compile may be tried again
         #: Called with the other names of a hard-linked upper file after it changed, so
         #: the driver can drop the kernel's cached pages and attributes for them.
         self.invalidate: Callable[[Parts], None] | None = None
         #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
         self.recorder: Recorder | None = None
-        self._root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=self.manifest.layers[0]))
         self._numbers = Numbers()
         self._links = LinkIndex(str(upper)) if upper is not None else None
-
-    # -- the lower layer -------------------------------------------------------
-
-    def _lower_children(self, parts: Parts) -> dict[str, Lower] | None:
-        hit = self._children.get(parts)
-        if hit is not None:
-            return hit
-        node = self._lower(parts)
-        if node is None or node.kind is not Kind.DIR:
-            return None
-        children: dict[str, Lower] = {}
-        entries: tuple[Entry, ...] = ()
-        if node.entry is not None:
-            entries = self.store.tree(node.entry.digest).entries  # type: ignore[arg-type]
-            for e in entries:
-                children[e.name] = self._lower_entry(parts, e)
-        for name, extra in self._virtual.get(parts, {}).items():
-            children.setdefault(name, extra)  # the image's own file wins
-        for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
-            children.setdefault(sub, Lower(Kind.DIR))
-        if node.pyc_dir is not None:
-            children.update(self._pyc_nodes(node.pyc_dir))
-        elif self._pycs and "__pycache__" not in children and any(
-                e.name.endswith(".py") and not e.template and e.kind is Kind.FILE for e in entries) and \
-                bytecode.in_lib(parts, self.facts.lib):  # type: ignore[union-attr]
-            children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
-        if len(self._children) > 100_000:
-            self._children.clear()
-        self._children[parts] = children
-        return children
-
-    def _lower_entry(self, parts: Parts, e: Entry) -> Lower:
-        if e.kind is Kind.SYMLINK and walk.escapes(parts + (e.name,), e.target or ""):
-            if self.audit:  # shown, never followed
-                return Lower(Kind.FILE, data=walk.link_placeholder(e.target or ""))
-            return Lower(Kind.SYMLINK, entry=e, target=e.target, escapes=True)
-        return Lower(e.kind, executable=e.executable, entry=e, target=e.target)
-
-    def _pyc_sources(self, src_dir: Parts) -> tuple[dict[str, Entry], dict[str, str]]:
-        """A directory's sources that get pycs (name -> entry), and their cache keys (name -> digest)."""
-        sources = {e.name: e for e in self.store.tree(self._lower(src_dir).entry.digest).entries  # type: ignore[union-attr,arg-type]
-                   if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
-        return sources, {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
-
-    def _pyc_nodes(self, src_dir: Parts) -> dict[str, Lower]:
-        """A __pycache__ as a listing shows it, compiling nothing: the pycs the store has bytecode
-        for, and a pending name for each source nobody compiled yet (a lookup of it compiles).
-
-        A pending pyc of a source that turns out not to compile is gone once looked up, as
-        export writes none for it: rare, and a walk sees the same when a file is removed."""
-        assert self.facts is not None
-        sources, digests = self._pyc_sources(src_dir)
-        bodies = self.store.pyc_bodies(self.facts.magic, digests.values())
-        pending = {name for name, d in digests.items() if d not in bodies and sources[name].size <= COMPILE_MAX_BYTES}
-        if pending:  # known not to compile: no pyc, now or later
-            known = self.store.cached_pycs(self.facts.magic, {digests[name] for name in pending})
-            pending = {name for name in pending if digests[name] not in known}
-        out = {}
-        for name, d in digests.items():
-            pyc = bytecode.pyc_name(name, self.facts.cache_tag)
-            if d in bodies:
-                pyc_digest, size = bodies[d]
-                out[pyc] = Lower(Kind.FILE, pyc=(pyc_digest, size, sources[name].size))
-            elif name in pending:
-                out[pyc] = Lower(Kind.FILE, pyc_pending=True)
-        return out
-
-    def _compile_pending(self, pycache: Parts) -> dict[str, Lower]:
-        """A pending pyc was looked up (Python opens it to import): compile its directory's
-        sources, as one batch, and list the __pycache__ again with what is cached now."""
-        node = self._lower(pycache)
-        assert node is not None and node.pyc_dir is not None
-        sources, digests = self._pyc_sources(node.pyc_dir)
-        if self._compile_missing(node.pyc_dir, sources, digests):
-            self._children.pop(pycache, None)
-        return self._lower_children(pycache) or {}
-
-    def _compile_missing(self, src_dir: Parts, sources: dict[str, Entry], digests: dict[str, str]) -> bool:
-        """Compile and cache what the store has no bytecode for (once per source and Python,
-        for every image); False when that was skipped or failed (Python then compiles in
-        the process, and a later lookup tries again)."""
-        assert self.facts is not None and self._compiler is not None
-        if time.monotonic() < self._compile_retry.get(src_dir, 0.0):
-            return False
-        readers = {digests[name]: (lambda e=e: self.store.read_content(e))  # type: ignore[misc]
-                   for name, e in sources.items() if e.size <= COMPILE_MAX_BYTES}
-        if not readers:
-            return True
-        where = "/".join(src_dir)
-        try:
-            with self._compile_lock, self.store.lock_shared(blocking=False) as got:
-                if not got:  # gc is running: it would delete blobs it does not see recorded yet
-                    log.warning("not compiling bytecode for %s while gc runs", where)
-                    return False
-                bytecode.ensure_cached(self.store, self.facts.magic, self._compiler, readers,
-                                       wait_ms=COMPILE_WAIT_MS)
-        except Exception as exc:  # a cache: the import still works without it
-            log.warning("cannot compile or cache bytecode for %s: %s", where, exc)
-            self._compile_retry[src_dir] = time.monotonic() + COMPILE_RETRY_SECONDS
-            return False
-        return True
-
-    def _lower(self, parts: Parts) -> Lower | None:
-        if not parts:
-            return self._root
-        siblings = self._lower_children(parts[:-1])
-        node = siblings.get(parts[-1]) if siblings is not None else None
-        if node is not None and node.pyc_pending:  # looked up, so compiled now (listing one does not)
-            node = self._compile_pending(parts[:-1]).get(parts[-1])
-            if node is not None and node.pyc_pending:  # not compiled (the store is busy): Python compiles it
-                node = None
-        return node
-
-    def _lower_size(self, node: Lower) -> int:
-        if node.kind is Kind.DIR:
-            return 4096
-        if node.kind is Kind.SYMLINK:
-            return len(os.fsencode(node.target or ""))
-        if node.pyc is not None:
-            return 16 + node.pyc[1]
-        if node.data is not None:
-            return len(node.data)
-        assert node.entry is not None
-        return len(self._small_content(node)) if node.entry.template else node.entry.size
-
-    def _small_content(self, node: Lower) -> bytes:
-        """Whole content of a small or generated file (verified, rendered)."""
-        if node.data is not None:
-            return node.data
-        key: tuple[object, ...]
-        if node.pyc is not None:  # the header names the source's size: one body, many pycs
-            key = ("pyc", node.pyc[0], node.pyc[2])
-        else:
-            assert node.entry is not None
-            if node.entry.inline is not None and not node.entry.template:
-                return node.entry.inline
-            # What identifies the bytes: the stored content (its digest, or the inlined bytes
-            # themselves, which have no digest) and whether it is rendered. The rendering's
-            # other inputs (mount point, audit) are fixed for a view, and so is this cache.
-            # The recorded size too: an entry that claims another size than its blob must not
-            # find the bytes another entry of that blob cached (it is corrupt: EIO).
-            key = ("file", node.entry.digest or node.entry.inline, node.entry.template, node.entry.size)
-        with self._contents_lock:
-            hit = self._contents.get(key)
-        if hit is not None:
-            return hit
-        try:
-            if node.pyc is not None:
-                assert self.facts is not None
-                data = bytecode.pyc_header(self.facts.magic, self.mtime_ns / 1e9, node.pyc[2]) + \
-                    self.store.read_blob(node.pyc[0])
-            else:
-                e = node.entry
-                assert e is not None
-                raw = self.store.read_content(e)
-                if e.template:
-                    parts = template.decode(raw)
-                    data = template.render_placeholders(parts) if self.audit else template.render(parts, self.root_bytes)
-                else:
-                    data = raw
-        except VockerError as exc:
-            log.error("%s", exc)  # names the digest: the operator can run vocker verify
-            raise _err(errno.EIO) from None
-        if len(data) <= SMALL:
-            with self._contents_lock:
-                self._contents[key] = data
-        return data
-
-    def _prefetch_infos(self, dir_parts: Parts) -> None:
-        """On the first read in a directory, fetch what the store records of all its blobs
-        in one query: a cold `import` reads most files of each package it enters."""
-        if dir_parts in self._infos_fetched:
-            return
-        if len(self._infos_fetched) > 100_000:
-            self._infos_fetched.clear()
-        self._infos_fetched.add(dir_parts)
-        children = self._lower_children(dir_parts) or {}
-        self.store.prefetch_blob_infos(
-            c.pyc[0] if c.pyc is not None else c.entry.digest for c in children.values()  # type: ignore[union-attr]
-            if c.kind is Kind.FILE and (c.pyc is not None or (c.entry is not None and c.entry.digest is not None)))
-
-    def _check_size(self, parts: Parts, entry: Entry) -> None:
-        """A file must be the size of its blob, or a stat would tell another size than a read
-        gives (one query per directory, as for its first read)."""
-        self._prefetch_infos(parts[:-1])
-        try:
-            self.store.content_info(entry)
-        except VockerError as exc:
-            log.error("%s", exc)
-            raise _err(errno.EIO, parts) from None
-
-    def _open_lower(self, node: Lower) -> _LowerHandle:
-        e = node.entry
-        if node.data is not None or node.pyc is not None or e is None or e.inline is not None or e.template \
-                or e.size <= SMALL:
-            return _LowerHandle(self._small_content(node), None)
-        assert e.digest is not None
-        try:
-            info = self.store.content_info(e)
-            chunks = self.store.blob_chunks(info)
-            return _LowerHandle(None, self.store.blobs.reader(e.digest, info.codec, info.size, chunks, self._chunk_cache))
-        except (VockerError, OSError) as exc:
-            log.error("cannot read blob %s: %s", e.digest, exc)
-            raise _err(errno.EIO) from None
 
     # -- the upper layer -------------------------------------------------------
 
@@ -536,7 +262,7 @@ class ContainerView:
         its children, so a lookup costs the same at any depth."""
         if not parts:
             own = self._upper_dir(()) if self.upper is not None else None
-            return Found(own is not None, self._root, not (own is not None and own.opaque))
+            return Found(own is not None, self.image.root, not (own is not None and own.opaque))
         _check_name(parts[-1], parts)
         parent = self.find(parts[:-1])
         lower_ok = parent.lower_below
@@ -551,7 +277,7 @@ class ContainerView:
             if parent.lower is None or parent.lower.kind is not Kind.DIR:
                 raise _err(errno.ENOTDIR, parts)
             in_upper = False
-        lower = self._lower(parts) if lower_ok else None
+        lower = self.image.node(parts) if lower_ok else None
         if not in_upper and lower is None:
             raise _err(errno.ENOENT, parts)
         own = self._upper_dir(parts) if in_upper else None
@@ -569,10 +295,10 @@ class ContainerView:
             return Attr.of(st, self._numbers.upper(st))
         node = found.lower
         assert node is not None
-        _refuse_escaping(node, parts)
+        refuse_escaping(node, parts)
         if node.kind is Kind.FILE and node.entry is not None and node.entry.digest is not None \
                 and not node.entry.template:
-            self._check_size(parts, node.entry)
+            self.image.check_size(parts, node.entry)
         if node.kind is Kind.DIR:
             mode = stat.S_IFDIR | 0o755
         elif node.kind is Kind.SYMLINK:
@@ -580,7 +306,7 @@ class ContainerView:
         else:
             mode = stat.S_IFREG | (0o755 if node.executable and not self.audit else 0o644)
         t = self.mtime_ns
-        size = self._lower_size(node)
+        size = self.image.size(node)
         # as ext4 shows them: a directory's one block of 4 KiB, a short symlink held in its inode
         blocks = 8 if node.kind is Kind.DIR else 0 if node.kind is Kind.SYMLINK else -(-size // 512)
         return Attr(mode, size, t, t, t, 2 if node.kind is Kind.DIR else 1, self.uid, self.gid, blocks,
@@ -600,7 +326,7 @@ class ContainerView:
             if found.lower is None or found.lower.kind is not Kind.DIR:
                 raise _err(errno.ENOTDIR, parts)
         if found.lower_below and found.kind_is_dir_lower:
-            names |= set(self._lower_children(parts) or ()) - hidden
+            names |= set(self.image.children(parts) or ()) - hidden
         return sorted(names)
 
     def readdir_typed(self, parts: Parts) -> list[tuple[str, int]]:
@@ -610,7 +336,7 @@ class ContainerView:
         compiled yet stays so until something opens or stats it."""
         names = self.readdir(parts)
         found = self.find(parts)
-        lower = (self._lower_children(parts) or {}) if found.lower_below and found.kind_is_dir_lower else {}
+        lower = (self.image.children(parts) or {}) if found.lower_below and found.kind_is_dir_lower else {}
         ud = self._upper_dir(parts) if found.upper else None
         upper = ud.names if ud is not None else set()
         return [(n, _FILE_TYPE[lower[n].kind] if n in lower and n not in upper else 0) for n in names]
@@ -621,7 +347,7 @@ class ContainerView:
             return os.readlink(self._upath(parts), dir_fd=self._ufd)
         if found.lower is None or found.lower.kind is not Kind.SYMLINK:
             raise _err(errno.EINVAL, parts)
-        _refuse_escaping(found.lower, parts)
+        refuse_escaping(found.lower, parts)
         return found.lower.target or ""
 
     def open(self, parts: Parts, flags: int) -> int:
@@ -659,9 +385,9 @@ class ContainerView:
             with h.lock:
                 if h.node is not None:
                     if h.parts:
-                        self._prefetch_infos(h.parts[:-1])
-                    loaded = self._open_lower(h.node)
-                    h.data, h.reader, h.node = loaded.data, loaded.reader, None
+                        self.image.prefetch_infos(h.parts[:-1])
+                    h.data, h.reader = self.image.open(h.node)
+                    h.node = None
         recorder = self.recorder
         if recorder is not None and h.parts:
             recorder.note(h.parts, offset, size, None if h.data is None else len(h.data))
@@ -720,7 +446,7 @@ class ContainerView:
             return
         node = found.lower
         assert node is not None and self.work is not None
-        _refuse_escaping(node, parts)
+        refuse_escaping(node, parts)
         self._ensure_upper_dir(parts[:-1])
         target = self._upath(parts)
         if node.kind is Kind.DIR:
@@ -729,18 +455,18 @@ class ContainerView:
         elif node.kind is Kind.SYMLINK:
             os.symlink(node.target or "", target, dir_fd=self._ufd)
         else:
-            handle = self._open_lower(node)
+            data, reader = self.image.open(node)
             tmp = f"copy-up-{secrets.token_hex(8)}"  # in work/: the copy appears whole or not at all
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600,
                              dir_fd=self._wfd)
                 with os.fdopen(fd, "wb") as f:
-                    if handle.data is not None:
-                        f.write(handle.data)
+                    if data is not None:
+                        f.write(data)
                     else:
-                        assert handle.reader is not None
+                        assert reader is not None
                         offset = 0
-                        while chunk := handle.reader.pread(1 << 20, offset):
+                        while chunk := reader.pread(1 << 20, offset):
                             f.write(chunk)
                             offset += len(chunk)
                     f.flush()
@@ -752,8 +478,8 @@ class ContainerView:
                     os.unlink(tmp, dir_fd=self._wfd)
                 raise
             finally:
-                if handle.reader is not None:
-                    handle.reader.close()
+                if reader is not None:
+                    reader.close()
         ud = self._upper_dir(parts[:-1])
         assert ud is not None
         ud.names.add(parts[-1])
@@ -862,7 +588,7 @@ class ContainerView:
             os.mkdir(self._upath(parts), mode & 0o7777, dir_fd=self._ufd)
             self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
             self._upper_dirs[parts] = UpperDir(set(), set(), False)
-            if replaced or self._lower(parts) is not None:
+            if replaced or self.image.node(parts) is not None:
                 self._make_opaque(parts)  # delete-then-recreate: the old lower contents must stay gone
 
     def symlink(self, parts: Parts, target: str) -> None:
@@ -940,7 +666,7 @@ class ContainerView:
         """Looking up a pyc not compiled yet compiles its directory: do it before _mutating
         holds every change to the container (a rename onto a pyc name: Python writing one)."""
         with contextlib.suppress(OSError):
-            self._lower_children(parts)
+            self.image.children(parts)
 
     def rmdir(self, parts: Parts) -> None:
         self._list_before_locking(parts)
@@ -1004,7 +730,7 @@ class ContainerView:
             if src_is_dir:
                 self._forget_upper_dirs(old)
                 self._forget_upper_dirs(new)
-                below = self._lower(new) if parent.lower_below else None
+                below = self.image.node(new) if parent.lower_below else None
                 if below is not None and below.kind is Kind.DIR:
                     # lands on a deleted or empty directory of the image: its contents must stay hidden
                     self._make_opaque(new)
@@ -1102,5 +828,4 @@ class ContainerView:
             if fd >= 0:
                 os.close(fd)
         self._ufd = self._wfd = -1
-        if self._compiler is not None:
-            self._compiler.close()
+        self.image.close()
