@@ -61,8 +61,10 @@ class LinkIndex:
     make files with one link.
     """
 
-    def __init__(self, root: str) -> None:
-        self.root = root
+    def __init__(self, root_fd: int) -> None:
+        """``root_fd``: a descriptor of the layer's root, which paths are relative to (so a
+        path as long as a mount allows is reached, whatever the layer's own path)."""
+        self.root_fd = root_fd
         self._names: dict[Key, set[Parts]] | None = None
         self.lock = threading.RLock()
 
@@ -110,7 +112,7 @@ class LinkIndex:
         stack: list[Parts] = [()]
         while stack:
             parts = stack.pop()
-            fd = _open_dir(os.path.join(self.root, *parts))
+            fd = _open_dir("/".join(parts) or ".", self.root_fd)
             if fd < 0:
                 continue
             try:
@@ -132,12 +134,12 @@ class LinkIndex:
         return found
 
 
-def _open_dir(path: str) -> int:
+def _open_dir(path: str, dir_fd: int) -> int:
     """A directory to list without changing its atime (O_NOATIME needs its owner: else as is); -1 if gone."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     for extra in (getattr(os, "O_NOATIME", 0), 0):
         try:
-            return os.open(path, flags | extra)
+            return os.open(path, flags | extra, dir_fd=dir_fd)
         except PermissionError:
             continue
         except OSError:

@@ -200,7 +200,7 @@ class ContainerView:
         #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
         self.recorder: Recorder | None = None
         self._numbers = Numbers()
-        self._links = LinkIndex(str(upper)) if upper is not None else None
+        self._links = LinkIndex(self._ufd) if upper is not None else None
 
     # -- the upper layer -------------------------------------------------------
 
