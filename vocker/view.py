@@ -79,7 +79,7 @@ class UpperDir:
 class Found:
     upper: bool  # present in the upper layer
     lower: Lower | None  # visible in the lower layer (even when the upper one shadows it)
-    lower_below: bool  # lower children of this directory are visible (not opaque)
+    lower_below: bool  # lower children of this directory are visible (a directory of the image, not opaque)
 
     @property
     def kind_is_dir_lower(self) -> bool:
@@ -315,7 +315,10 @@ class ContainerView:
         if not in_upper and lower is None:
             raise _err(errno.ENOENT, parts)
         own = self._upper_dir(parts) if in_upper else None
-        return Found(in_upper, lower, lower_ok and not (own is not None and own.opaque))
+        # below a name with no directory of the image (new, or an image file), nothing of the image shows:
+        # lookups under it need not ask the image (which would walk up to the nearest directory it has)
+        return Found(in_upper, lower, lower_ok and lower is not None and lower.kind is Kind.DIR
+                     and not (own is not None and own.opaque))
 
     # -- reading ---------------------------------------------------------------
 
