@@ -79,7 +79,7 @@ class UpperDir:
 class Found:
     upper: bool  # present in the upper layer
     lower: Lower | None  # visible in the lower layer (even when the upper one shadows it)
-    lower_below: bool  # lower children of this directory are visible (not opaque)
+    lower_below: bool  # lower children of this directory are visible (a directory of the image, not opaque)
 
     @property
     def kind_is_dir_lower(self) -> bool:
@@ -192,7 +192,8 @@ class ContainerView:
         self._handles: dict[int, Handle] = {}
         self._gen = 0  # even: no change in progress
         # Plain dicts (atomic under the GIL, unlike an LRU) read by every FUSE thread; bounded by clearing.
-        self._found: dict[Parts, tuple[int, Found]] = {}
+        # An entry stays true until a change drops it (_forget): see find.
+        self._found: dict[Parts, Found] = {}
         self._next = itertools.count(1)
         #: Called with the other names of a hard-linked upper file after it changed, so
         #: the driver can drop the kernel's cached pages and attributes for them.
@@ -233,7 +234,8 @@ class ContainerView:
 
     @contextlib.contextmanager
     def _mutating(self) -> Iterator[None]:
-        """Serialise changes; bumping the generation before and after voids memoised lookups."""
+        """Serialise changes; the generation, odd while one runs, tells find that a lookup
+        overlapped a change and must not be memoised."""
         with self._lock:
             self._gen += 1
             try:
@@ -241,20 +243,52 @@ class ContainerView:
             finally:
                 self._gen += 1
 
+    def _forget(self, parts: Parts) -> None:
+        """Drop the memoised lookup of a node a change is making, removing or replacing (what
+        its children look like does not change: for that, _forget_all)."""
+        self._found.pop(parts, None)
+
+    def _forget_all(self) -> None:
+        """A change that may alter a whole subtree's lookups (a directory removed, moved or made
+        opaque): rare, so every memoised lookup goes."""
+        self._found.clear()
+
+    def _add_name(self, parts: Parts, kind_dir: bool = False) -> None:
+        """``parts`` now exists in the upper layer (its parent directory does)."""
+        self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+        if kind_dir:
+            self._upper_dirs[parts] = UpperDir(set(), set(), False)
+        else:  # known not to be a directory: no lookup has to try opening it as one
+            self._upper_dirs[parts] = None
+        self._forget(parts)
+
+    def _discard_name(self, parts: Parts) -> None:
+        """``parts`` no longer exists in the upper layer."""
+        self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
+        self._forget(parts)
+
     def _upper_is_dir(self, parts: Parts) -> bool:
         return self._upper_dir(parts) is not None
 
     def find(self, parts: Parts) -> Found:
-        """Where ``parts`` lives; ENOENT/ENOTDIR like a lookup would. No syscalls once warm."""
-        hit = self._found.get(parts)
-        if hit is not None and hit[0] == self._gen:
-            return hit[1]
+        """Where ``parts`` lives; ENOENT/ENOTDIR like a lookup would. No syscalls once warm.
+
+        Memoised: each change drops the lookups it alters (_forget), so the rest stay warm.
+        A lookup is kept only if no change overlapped it: none ran when it started (an even
+        generation) nor since (the same generation once stored; else it is dropped again,
+        as the change may have come after its own _forget).
+        """
+        found = self._found.get(parts)
+        if found is not None:
+            return found
         gen = self._gen
         found = self._find(parts)
-        if gen == self._gen and gen % 2 == 0:  # no change ran meanwhile
+        if gen % 2 == 0:
             if len(self._found) > 200_000:
                 self._found.clear()
-            self._found[parts] = (gen, found)
+            self._found[parts] = found
+            if self._gen != gen:
+                self._found.pop(parts, None)
         return found
 
     def _find(self, parts: Parts) -> Found:
@@ -281,7 +315,10 @@ class ContainerView:
         if not in_upper and lower is None:
             raise _err(errno.ENOENT, parts)
         own = self._upper_dir(parts) if in_upper else None
-        return Found(in_upper, lower, lower_ok and not (own is not None and own.opaque))
+        # below a name with no directory of the image (new, or an image file), nothing of the image shows:
+        # lookups under it need not ask the image (which would walk up to the nearest directory it has)
+        return Found(in_upper, lower, lower_ok and lower is not None and lower.kind is Kind.DIR
+                     and not (own is not None and own.opaque))
 
     # -- reading ---------------------------------------------------------------
 
@@ -437,8 +474,7 @@ class ContainerView:
             assert ud is not None
             if name not in ud.names:
                 os.mkdir(self._upath(parts[:i + 1]), 0o755, dir_fd=self._ufd)
-                ud.names.add(name)
-                self._upper_dirs[parts[:i + 1]] = UpperDir(set(), set(), False)
+                self._add_name(parts[:i + 1], kind_dir=True)
 
     def _copy_up(self, parts: Parts, found: Found) -> None:
         """Give the upper layer its own copy of a lower-only node, keeping mode and content."""
@@ -451,7 +487,6 @@ class ContainerView:
         target = self._upath(parts)
         if node.kind is Kind.DIR:
             os.mkdir(target, 0o755, dir_fd=self._ufd)
-            self._upper_dirs[parts] = UpperDir(set(), set(), False)
         elif node.kind is Kind.SYMLINK:
             os.symlink(node.target or "", target, dir_fd=self._ufd)
         else:
@@ -480,9 +515,7 @@ class ContainerView:
             finally:
                 if reader is not None:
                     reader.close()
-        ud = self._upper_dir(parts[:-1])
-        assert ud is not None
-        ud.names.add(parts[-1])
+        self._add_name(parts, kind_dir=node.kind is Kind.DIR)
         if node.kind is Kind.FILE:
             for h in list(self._handles.values()):
                 if isinstance(h, _LowerHandle) and h.parts == parts and h.upper_fd < 0:
@@ -499,6 +532,7 @@ class ContainerView:
         assert ud is not None
         self._marker(parts[:-1] + (WHITEOUT + parts[-1],))
         ud.whiteouts.add(parts[-1])
+        self._forget(parts)
 
     def _drop_whiteout(self, parts: Parts) -> bool:
         ud = self._upper_dir(parts[:-1])
@@ -506,6 +540,7 @@ class ContainerView:
             return False
         os.unlink(self._upath(parts[:-1] + (WHITEOUT + parts[-1],)), dir_fd=self._ufd)
         ud.whiteouts.discard(parts[-1])
+        self._forget(parts)
         return True
 
     def _is_dir(self, parts: Parts, found: Found) -> bool:
@@ -516,10 +551,12 @@ class ContainerView:
     def _forget_upper_dirs(self, parts: Parts) -> None:
         for key in [k for k in self._upper_dirs if k[:len(parts)] == parts]:
             del self._upper_dirs[key]
+        self._forget_all()
 
     def _make_opaque(self, parts: Parts) -> None:
         self._marker(parts + (OPAQUE,))
         self._upper_dirs.pop(parts, None)  # re-read with the marker
+        self._forget_all()
 
     def _exists(self, parts: Parts) -> Found | None:
         try:
@@ -544,7 +581,7 @@ class ContainerView:
             self._prepare_new(parts)
             fd = os.open(self._upath(parts), (flags | os.O_CREAT | os.O_EXCL) | getattr(os, "O_CLOEXEC", 0),
                          mode & 0o7777, dir_fd=self._ufd)
-            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            self._add_name(parts)
         fh = next(self._next)
         self._handles[fh] = _UpperHandle(fd, parts)
         return fh
@@ -586,8 +623,7 @@ class ContainerView:
         with self._mutating():
             replaced = self._prepare_new(parts)
             os.mkdir(self._upath(parts), mode & 0o7777, dir_fd=self._ufd)
-            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
-            self._upper_dirs[parts] = UpperDir(set(), set(), False)
+            self._add_name(parts, kind_dir=True)
             if replaced or self.image.node(parts) is not None:
                 self._make_opaque(parts)  # delete-then-recreate: the old lower contents must stay gone
 
@@ -595,7 +631,7 @@ class ContainerView:
         with self._mutating():
             self._prepare_new(parts)
             os.symlink(target, self._upath(parts), dir_fd=self._ufd)
-            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            self._add_name(parts)
 
     def mknod(self, parts: Parts, mode: int) -> None:
         """A FIFO, a Unix socket (``bind``) or an empty regular file, made in the writable layer
@@ -608,7 +644,7 @@ class ContainerView:
         with self._mutating():
             self._prepare_new(parts)
             os.mknod(self._upath(parts), kind | (mode & 0o7777), dir_fd=self._ufd)
-            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            self._add_name(parts)
 
     def link(self, existing: Parts, parts: Parts) -> None:
         with self._mutating():
@@ -620,7 +656,7 @@ class ContainerView:
             self._prepare_new(parts)
             os.link(self._upath(existing), self._upath(parts), src_dir_fd=self._ufd, dst_dir_fd=self._ufd,
                     follow_symlinks=False)
-            self._upper_dir(parts[:-1]).names.add(parts[-1])  # type: ignore[union-attr]
+            self._add_name(parts)
             st = os.lstat(self._upath(parts), dir_fd=self._ufd)
             self._links.linked(st, existing, parts)  # type: ignore[union-attr]
             self._invalidate_links(parts, st)  # their link count changed
@@ -637,7 +673,7 @@ class ContainerView:
                 if st.st_nlink > 1:
                     self._invalidate_links(parts, st)  # their link count changed
                     self._links.unlinked(st, parts)  # type: ignore[union-attr]
-                self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
+                self._discard_name(parts)
             elif found.lower is not None and found.lower.kind is Kind.DIR:
                 raise _err(errno.EISDIR, parts)
             if found.lower is not None:
@@ -681,7 +717,7 @@ class ContainerView:
                 raise _err(errno.ENOTEMPTY, parts)
             if found.upper:
                 shutil.rmtree(self._upath(parts), dir_fd=self._ufd)  # holds only whiteouts and markers now
-                self._upper_dir(parts[:-1]).names.discard(parts[-1])  # type: ignore[union-attr]
+                self._discard_name(parts)
                 self._forget_upper_dirs(parts)
             if found.lower is not None:
                 self._whiteout(parts)
@@ -715,7 +751,7 @@ class ContainerView:
                         raise _err(errno.ENOTEMPTY, new)
                     if dst.upper:  # only whiteouts and markers are left in it
                         shutil.rmtree(self._upath(new), dir_fd=self._ufd)
-                        self._upper_dir(new[:-1]).names.discard(new[-1])  # type: ignore[union-attr]
+                        self._discard_name(new)
                         self._forget_upper_dirs(new)
             parent = self.find(new[:-1])
             if not parent.upper and (parent.lower is None or parent.lower.kind is not Kind.DIR):
@@ -725,8 +761,8 @@ class ContainerView:
             self._drop_whiteout(new)
             replaced = self._linked_stat(new)
             os.rename(self._upath(old), self._upath(new), src_dir_fd=self._ufd, dst_dir_fd=self._ufd)
-            self._upper_dir(old[:-1]).names.discard(old[-1])  # type: ignore[union-attr]
-            self._upper_dir(new[:-1]).names.add(new[-1])  # type: ignore[union-attr]
+            self._discard_name(old)
+            self._add_name(new, kind_dir=src_is_dir)
             if src_is_dir:
                 self._forget_upper_dirs(old)
                 self._forget_upper_dirs(new)
