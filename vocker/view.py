@@ -350,33 +350,26 @@ class ContainerView:
                     self._numbers.image(parts))
 
     def readdir(self, parts: Parts) -> list[str]:
+        return [name for name, _ in self.readdir_typed(parts)]
+
+    def readdir_typed(self, parts: Parts) -> list[tuple[str, int]]:
+        """The merged listing, sorted, with each name's file type (its S_IFMT bits) where the
+        image alone tells it, else 0 (unknown: the kernel looks the name up if it needs it).
+        With types, a walk of the tree (find, os.walk) looks up only directories, and a pyc
+        listed but not compiled yet stays so until something opens or stats it."""
         found = self.find(parts)
-        names: set[str] = set()
+        upper: set[str] = set()
+        hidden: set[str] = set()
         if found.upper:
             ud = self._upper_dir(parts)
             if ud is None:
                 raise _err(errno.ENOTDIR, parts)
-            names |= ud.names
-            hidden = ud.whiteouts
-        else:
-            hidden = set()
-            if found.lower is None or found.lower.kind is not Kind.DIR:
-                raise _err(errno.ENOTDIR, parts)
-        if found.lower_below and found.kind_is_dir_lower:
-            names |= set(self.image.children(parts) or ()) - hidden
-        return sorted(names)
-
-    def readdir_typed(self, parts: Parts) -> list[tuple[str, int]]:
-        """``readdir`` with each name's file type (its S_IFMT bits) where the image alone tells
-        it, else 0 (unknown: the kernel looks the name up if it needs it). With types, a walk
-        of the tree (find, os.walk) looks up only directories, and a pyc listed but not
-        compiled yet stays so until something opens or stats it."""
-        names = self.readdir(parts)
-        found = self.find(parts)
+            upper, hidden = ud.names, ud.whiteouts
+        elif found.lower is None or found.lower.kind is not Kind.DIR:
+            raise _err(errno.ENOTDIR, parts)
         lower = (self.image.children(parts) or {}) if found.lower_below and found.kind_is_dir_lower else {}
-        ud = self._upper_dir(parts) if found.upper else None
-        upper = ud.names if ud is not None else set()
-        return [(n, _FILE_TYPE[lower[n].kind] if n in lower and n not in upper else 0) for n in names]
+        names = upper | (lower.keys() - hidden)
+        return [(n, _FILE_TYPE[lower[n].kind] if n in lower and n not in upper else 0) for n in sorted(names)]
 
     def readlink(self, parts: Parts) -> str:
         found = self.find(parts)
