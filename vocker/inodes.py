@@ -33,9 +33,14 @@ class Numbers:
 
     def __init__(self) -> None:
         self._taken: dict[int, int] = {}  # number -> 128-bit hash of what holds it; never shrinks
+        self._images: dict[Parts, int] = {}  # what image() gave (every getattr asks): no hash twice
 
     def image(self, parts: Parts) -> int:
-        return self._claim(b"image\0" + "/".join(parts).encode("utf-8", "surrogateescape"))
+        number = self._images.get(parts)
+        if number is None:
+            key = b"image\0" + "/".join(parts).encode("utf-8", "surrogateescape")
+            number = self._images[parts] = self._claim(key)
+        return number
 
     def upper(self, st: os.stat_result) -> int:
         if st.st_ino < TOP:
