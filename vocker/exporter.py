@@ -126,7 +126,8 @@ def _fill(store: Store, entries: list[tuple[Rel, Entry]], ref: str, tmp: Path, r
         reporter.end()
     pycs = compiled = 0
     if facts is not None and interpreter is not None:
-        for rel, item in scaffold(os.fsdecode(root), facts, interpreter).items():
+        # the export's own scratch: what a kill leaves there goes with it
+        for rel, item in scaffold(os.fsdecode(root), facts, interpreter, scratch=str(tmp)).items():
             path = tmp / rel
             if path.exists() or path.is_symlink():
                 continue  # the image's own file wins

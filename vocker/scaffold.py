@@ -34,8 +34,13 @@ class File:
 Item = Union[Link, File]
 
 
-def scaffold(root: str, facts: PythonFacts, interpreter: dict[str, str]) -> dict[str, Item]:
-    """Scaffolding for a venv at ``root``: venv-relative posix path -> item."""
+def scaffold(root: str, facts: PythonFacts, interpreter: dict[str, str],
+             scratch: str | None = None) -> dict[str, Item]:
+    """Scaffolding for a venv at ``root``: venv-relative posix path -> item.
+
+    ``scratch``: where the venv module may write its scripts for a moment (default: the
+    system's temporary directory); a caller whose own scratch is swept after a crash
+    passes it, so that a kill at that moment leaves nothing behind."""
     exe = interpreter["executable"]
     items: dict[str, Item] = {
         "pyvenv.cfg": File(
@@ -51,15 +56,15 @@ def scaffold(root: str, facts: PythonFacts, interpreter: dict[str, str]) -> dict
     }
     if os.name == "posix" and sys.platform != "darwin" and sys.maxsize > 2**32 and facts.lib.startswith("lib/"):
         items["lib64"] = Link("lib")
-    items.update(_activate_scripts(root))
+    items.update(_activate_scripts(root, scratch))
     return items
 
 
-def _activate_scripts(root: str) -> dict[str, Item]:
+def _activate_scripts(root: str, scratch: str | None) -> dict[str, Item]:
     name = os.path.basename(root.rstrip("/")) or "venv"
     builder = stdlib_venv.EnvBuilder(prompt=name)
     scripts = os.path.join(os.path.dirname(stdlib_venv.__file__), "scripts")
-    with tempfile.TemporaryDirectory(prefix="vocker-scaffold-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vocker-scaffold-", dir=scratch) as tmp:
         ctx = builder.ensure_directories(tmp)
         for key, value in list(vars(ctx).items()):
             if key != "bin_path" and isinstance(value, str) and value.startswith(tmp):
