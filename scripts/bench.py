@@ -53,6 +53,7 @@ when a scenario fails, and FUSE mounts left under the work dir are lazily unmoun
 from __future__ import annotations
 
 import argparse
+import importlib
 import contextlib
 import datetime
 import hashlib
@@ -178,6 +179,13 @@ MB = 1e6  # decimal megabytes, as vocker prints them
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+#: The parts written in this file, and those in scripts/benchparts/ (one module per part, with
+#: ``run(bench: Bench) -> str``: it adds rows with ``bench.row()`` and returns the part's markdown intro).
+CORE_PARTS = ("import", "mount", "build", "writes")
+PLUGIN_PARTS: tuple[str, ...] = tuple(sorted(
+    p.stem for p in (Path(__file__).parent / "benchparts").glob("*.py") if not p.stem.startswith("_")))
+
 
 def log(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
@@ -383,7 +391,7 @@ class Bench:
         self.mount_import = QUICK_IMPORT if self.quick else ENV100_IMPORT
         self.base_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.live_mounts: dict[str, dict[str, str]] = {}  # mount point -> env of the vocker that mounted it
-        self.parts = ["import", "mount", "build", "writes"] if args.only == "all" else [args.only]
+        self.parts = [*CORE_PARTS, *PLUGIN_PARTS] if args.only == "all" else [args.only]
 
     # == build (--only build) =========================================================================
 
@@ -1539,6 +1547,15 @@ class Bench:
             self.part = "writes"
             self.writes_part()
             self.results["elapsed_writes_s"] = time.perf_counter() - t0
+        plugin_md = []
+        for part in self.parts:
+            if part in PLUGIN_PARTS:  # scripts/benchparts/<part>.py: run(bench) -> its markdown section
+                t0 = time.perf_counter()
+                self.part = part
+                section = importlib.import_module(f"benchparts.{part}").run(self)
+                self.results[f"elapsed_{part}_s"] = time.perf_counter() - t0
+                plugin_md.append(f"\n## {part} ({self.results[f'elapsed_{part}_s']:.0f} s)\n\n{section}\n"
+                                 + self.markdown(part))
         elapsed = time.perf_counter() - started
         self.results["elapsed_s"] = elapsed
         self.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -1566,6 +1583,7 @@ class Bench:
         if "writes" in self.parts:
             md.append(f"\n## writes into a container ({self.results.get('elapsed_writes_s', 0):.0f} s)\n\n"
                       + self.writes_facts_md() + "\n" + self.markdown("writes"))
+        md.extend(plugin_md)
         (self.work / "results.md").write_text("".join(md))
         for part in self.parts:
             console.print(self.table(part))
@@ -1828,7 +1846,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "tar, python imports and a big read (WORK/profile-mount.txt)")
     p.add_argument("--rebuild", action="store_true", help="re-create the test venvs (and the generated file) "
                    "even if cached")
-    p.add_argument("--only", choices=("import", "mount", "build", "writes", "all"), default="all",
+    p.add_argument("--only", choices=(*CORE_PARTS, *PLUGIN_PARTS, "all"), default="all",
                    help="run only one part: import/export, the mount layer, build, or writes into "
                         "containers (default: all)")
     args = p.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Benchmark parts beyond the core four, one module per part (see PLUGIN_PARTS in scripts/bench.py)."""
