@@ -10,9 +10,17 @@ class VockerError(Exception):
 
 
 class UsageError(VockerError):
-    """Bad arguments: an unknown image, a malformed tag, a path that is not a directory."""
+    """Bad arguments: a malformed tag, a path that is not a directory, a refused mount point."""
 
     exit_code = 2
+
+
+class NotFoundError(VockerError):
+    """No such image or container: exit 1 from every command (as docker's), so a script can
+    tell it from a usage error (2); `vocker run` and `shell` exit 125 for it, as for any
+    failure of vocker itself there."""
+
+    exit_code = 1
 
 
 class CommandNotRunError(VockerError):

@@ -30,7 +30,7 @@ from typing import Iterator
 from . import containers
 from .containers import MountRecord
 from .db import Error as DatabaseError
-from .errors import UsageError, VockerError
+from .errors import NotFoundError, UsageError, VockerError
 from .pythons import find_interpreter
 from .store import Store
 
@@ -154,7 +154,7 @@ def _claim_named(store: Store, name: str) -> int:
         raise UsageError(f"container {name} is already mounted" + (f" at {where[0]}" if where else ""))
     if containers.get(store, name) is None:  # removed while we waited for nothing
         os.close(lock)
-        raise UsageError(f"no such container: {name}")
+        raise NotFoundError(f"no such container: {name}")
     return lock
 
 

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from . import db, locking, refs
 from .blobstore import CHUNK, BlobFiles, BlobInfo, Staged
 from .digest import digest_bytes
-from .errors import IntegrityError, MissingObjectError, UsageError, VockerError
+from .errors import IntegrityError, MissingObjectError, NotFoundError, UsageError, VockerError
 from .home import default_home, private_dir
 from .manifest import Manifest
 from .tree import Entry, Kind, Tree
@@ -288,12 +288,12 @@ class Store:
                 tag = refs.normalize_tag(ref)
             except UsageError:
                 if prefix is not None:
-                    raise UsageError(f"no such image: {ref}") from None
+                    raise NotFoundError(f"no such image: {ref}") from None
                 raise
             row = conn.execute("SELECT image_id FROM tags WHERE name = ?", (tag,)).fetchone()
         image_id = row[0] if row else None
         if image_id is None:
-            raise UsageError(f"no such image: {ref}")
+            raise NotFoundError(f"no such image: {ref}")
         return image_id
 
     def has_image(self, image_id: str) -> bool:
@@ -340,7 +340,7 @@ class Store:
     def image(self, image_id: str) -> ImageRecord:
         found = self.images(image_id)
         if not found:
-            raise UsageError(f"no such image: {image_id}")
+            raise NotFoundError(f"no such image: {image_id}")
         return found[0]
 
     def remove(self, ref: str) -> tuple[str, bool]:
