@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+from . import refs, shells
+from .digest import short
+from .errors import CommandNotRunError
 from .mounting import mounted
 from .store import Store
 
 
-def activated_env(root: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+def activated_env(root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """What `source bin/activate` would set, for a child process."""
     env = dict(os.environ if base is None else base)
     env.pop("PYTHONHOME", None)
@@ -21,22 +27,74 @@ def activated_env(root: Path, base: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
-def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = False,
-           python: Path | None = None, allow_other: bool = False) -> int:
+def prompt_name(ref: str) -> str:
+    """The environment's name in prompts and as its mount point's name: the image's name
+    as the user gave it (``app`` for ``app:latest``), a container's name, or a short ID."""
+    if refs.id_prefix(ref) is not None:
+        return short(ref if ref.startswith("sha256:") else f"sha256:{ref}")
+    name = ref.removesuffix(":latest").rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") else "env"
+
+
+def check_inside(command: list[str], root: Path, path: str, prompt: str) -> None:
+    """Refuse a bare ``python``/``pip`` that PATH finds outside the environment (exit 127, as
+    not found there): an image without pip would otherwise install into whatever environment
+    the host's pip belongs to."""
+    if not command or "/" in command[0] or command[0] not in shells.GUARDED:
+        return
+    found = shutil.which(command[0], path=path)
+    if found is not None and Path(found).parent != root / "bin":
+        raise CommandNotRunError(shells.refusal(command[0], prompt).removeprefix("vocker: error: "), True)
+
+
+def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = False, python: Path | None = None,
+           allow_other: bool = False, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+           interactive_shell: bool = False) -> int:
+    """Mount ``ref``, run ``command`` with the environment active, unmount; the command's exit code.
+
+    ``env`` adds variables; ``interactive_shell``: ``command`` is a shell, started so that the
+    environment wins over the user's start-up files (see :mod:`vocker.shells`).
+    """
     if command and command[0] == "--":
         command = command[1:]
-    with mounted(store, ref, read_only=read_only, python=python, allow_other=allow_other) as root:
+    name = prompt_name(ref)
+    # The mount point is named after the image, so that what names the venv after its
+    # directory (the activate scripts' prompt) shows the image, not a random name.
+    parent = Path(tempfile.mkdtemp(prefix="vocker-"))
+    try:
+        with mounted(store, ref, parent / name, read_only=read_only, python=python,
+                     allow_other=allow_other) as root:
+            environ = activated_env(root)
+            environ.update(env or {})
+            if interactive_shell:
+                rcdir = parent / "rc"
+                rcdir.mkdir(mode=0o700)
+                command, extra = shells.interactive(command[0], root, name, rcdir)
+                environ.update(extra)
+            else:
+                check_inside(command, root, environ["PATH"], name)
+            return _wait(command, environ, cwd)
+    finally:
+        shutil.rmtree(parent / "rc", ignore_errors=True)
         try:
-            proc = subprocess.Popen(command, env=activated_env(root))
-        except OSError as exc:
-            from .errors import CommandNotRunError
-            raise CommandNotRunError(f"cannot run {command[0]}: {exc.strerror}",
-                                     isinstance(exc, FileNotFoundError)) from None
-        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-        previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in forwarded}
-        try:
-            code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            (parent / name).rmdir()
+            parent.rmdir()
+        except OSError:
+            pass  # still mounted (a lazy unmount): the system's temporary directory keeps it
+
+
+def _wait(command: list[str], env: dict[str, str], cwd: Path | None) -> int:
+    """Run to the end, forwarding the signals a terminal or a supervisor sends."""
+    try:
+        proc = subprocess.Popen(command, env=env, cwd=cwd)
+    except OSError as exc:
+        raise CommandNotRunError(f"cannot run {command[0]}: {exc.strerror}",
+                                 isinstance(exc, FileNotFoundError)) from None
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in forwarded}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return code if code >= 0 else 128 - code
