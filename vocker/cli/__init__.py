@@ -15,8 +15,8 @@ import click
 from .. import interrupts
 from ..errors import VockerError
 from ..ui import err
-from . import builds, containers, images, upkeep  # noqa: F401  (they register their commands)
-from .common import cli
+from . import builds, completion, containers, images, upkeep  # noqa: F401  (they register their commands)
+from .common import OwnFailure, cli
 
 __all__ = ["cli", "main"]
 
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
 def _run(argv: list[str]) -> int | str | None:
     """The command's exit code, having printed the one line of its error if it failed.
     A KeyboardInterrupt goes on up to main(), from anywhere (also from these handlers)."""
+    instruction = os.environ.get(completion.COMPLETE_VAR)
+    if instruction:  # the shell asks for completions (the script 'vocker completion SHELL' prints)
+        return completion.complete(instruction)
     try:
         # Not cli.main(): it turns Ctrl-C into click's Abort after printing a blank line.
         with cli.make_context("vocker", argv) as ctx:
@@ -83,6 +86,7 @@ def _run(argv: list[str]) -> int | str | None:
     except Exception as exc:
         if os.environ.get("VOCKER_DEBUG"):
             raise
-        message, code = _one_line(exc)
+        message, code = _one_line(exc.cause if isinstance(exc, OwnFailure) else exc)
+        code = exc.code if isinstance(exc, OwnFailure) else code
         err.print(f"vocker: error: {message}", markup=False)
         return code

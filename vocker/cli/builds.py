@@ -11,6 +11,7 @@ import click
 from .. import refs
 from ..ui import RichReporter, err, out
 from .common import index_from_options, open_store, cli, index_options, with_store_options
+from .completion import complete_images
 
 
 @cli.command("build")
@@ -83,7 +84,7 @@ def lookup_cmd(lockfile: Path, python: str | None) -> None:
 
 
 @cli.command("audit")
-@click.argument("image_ref", metavar="IMAGE")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @index_options
 @with_store_options
 def audit_cmd(image_ref: str, **index: Any) -> None:

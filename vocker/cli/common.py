@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -42,7 +44,71 @@ with_store_options = _options(
 )
 
 
-@click.group(context_settings=CONTEXT)
+class Command(click.Command):
+    """A command whose summary in its group's help is its first sentence, whole: click's
+    default cuts it at the terminal's width, mid-sentence ("...")."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return inspect.cleandoc(self.short_help)
+        words = inspect.cleandoc(self.help or "").split("\n\n")[0].split()
+        for i, word in enumerate(words):
+            if word.endswith("."):
+                return " ".join(words[:i + 1])
+        return " ".join(words)
+
+
+class Group(click.Group):
+    """A group (as `vocker` and `vocker image`) that prints its help to stdout and exits 0
+    when given no command, as docker and git do; its commands and subgroups are of these classes."""
+
+    command_class = Command
+    group_class = type
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return Command.get_short_help_str(self, limit)  # type: ignore[arg-type]
+
+
+#: docker run's code for a failure of the tool itself, never the command's own.
+RUN_FAILED = 125
+
+
+class OwnFailure(Exception):
+    """A failure of vocker itself in a command whose exit code is otherwise another program's
+    (``run``, ``shell``): shown as usual, but exiting ``code``."""
+
+    def __init__(self, cause: Exception, code: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.code = code
+
+
+def own_failures_exit(code: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make every failure of vocker itself in the command exit ``code`` (docker run's 125), so
+    it never collides with the exit codes of the command it runs. Not found (127) and not
+    executable (126) keep theirs, as a shell's; bad usage caught by click stays 2."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from ..errors import CommandNotRunError
+
+            try:
+                return fn(*args, **kwargs)
+            except (CommandNotRunError, click.ClickException):
+                raise
+            except Exception as exc:
+                raise OwnFailure(exc, code) from exc
+        return run
+    return wrap
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="vocker")
 @with_store_options
 def cli() -> None:
@@ -53,9 +119,19 @@ def cli() -> None:
     """
 
 
-@cli.group()
+@cli.group(cls=Group)
 def image() -> None:
     """Create, list, inspect and remove images."""
+
+
+@cli.group(cls=Group)
+def container() -> None:
+    """Manage containers (most commands are top-level: ps, create, rm, mount, run)."""
+
+
+@cli.group(cls=Group)
+def system() -> None:
+    """Look after the store as a whole."""
 
 
 index_options = _options(

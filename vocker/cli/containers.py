@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
+from typing import Any
 from pathlib import Path
 
 import click
 
 from ..digest import short
-from ..errors import VockerError
-from ..ui import out, table as make_table
-from .common import open_store, allow_other_option, cli
+from ..errors import NotFoundError, VockerError
+from ..ui import human_size, out
+from .common import RUN_FAILED, allow_other_option, cli, container, open_store, own_failures_exit
+from .completion import complete_containers, complete_images, complete_refs
+from .output import Column, format_option, listing, no_trunc_option, print_lines
 
 
 @cli.command("mount")
-@click.argument("ref", metavar="IMAGE|CONTAINER")
+@click.argument("ref", metavar="IMAGE|CONTAINER", shell_complete=complete_refs)
 @click.argument("directory")
 @click.option("--read-only", is_flag=True, help="No writable layer: writes fail with EROFS.")
 @click.option("--audit", is_flag=True, help="Read-only, noexec,nosuid,nodev; raw contents, no scaffolding.")
@@ -55,12 +59,17 @@ def unmount_cmd(directory: str, force: bool) -> None:
     out.print(f"Unmounted {directory}", markup=False)
 
 
-cli.add_command(unmount_cmd, "umount")
+umount_cmd = copy.copy(unmount_cmd)
+umount_cmd.hidden = True  # one name per command in the help; the old spelling still works
+cli.add_command(umount_cmd, "umount")
 
 
 @cli.command("ps")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also list named containers that are not mounted.")
-def ps_cmd(show_all: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only print container names, one a line.")
+@no_trunc_option
+@format_option
+def ps_cmd(show_all: bool, quiet: bool, no_trunc: bool, fmt: str) -> None:
     """List mounted containers and whether their daemons are healthy.
 
     Also lists throw-away containers a killed mount left (orphaned: 'vocker unmount' or
@@ -70,32 +79,47 @@ def ps_cmd(show_all: bool) -> None:
     from ..mounting import status
 
     store = open_store()
-    names = {r.id: (r.tags[0] if r.tags else short(r.id)) for r in store.images()}
-    table = make_table(header_style="bold")
-    for col in ("CONTAINER", "IMAGE", "MOUNT POINT", "PID", "STATUS"):
-        table.add_column(col, no_wrap=True)
+    names = {r.id: (r.tags[0] if r.tags else None) for r in store.images()}
     by_name = {c.name: c for c in containers.all_containers(store)}
+    rows: list[dict[str, Any]] = []
 
-    def image_of(name: str) -> str:
+    def add(name: str, mountpoint: str | None, pid: int | None, state: str) -> None:
         c = by_name.get(name)
-        return names.get(c.image_id, short(c.image_id)) if c else "?"
+        rows.append({"container": name, "image": names.get(c.image_id) if c else None,
+                     "image_id": c.image_id if c else None, "mountpoint": mountpoint, "pid": pid,
+                     "status": state, "persistent": c.persistent if c else None})
 
     mounted = set()
     for m in containers.mounts(store):  # the daemon records its mount before mounting
         mounted.add(m.container)
-        table.add_row(m.container, image_of(m.container), m.mountpoint, str(m.pid), status(m))
+        add(m.container, m.mountpoint, m.pid, status(m))
     for name in containers.orphans(store):
         if name in by_name and name not in mounted:
-            table.add_row(name, image_of(name), "-", "-", "orphaned")
+            add(name, None, None, "orphaned")
     if show_all:
         for c in by_name.values():
             if c.name not in mounted and c.persistent:
-                table.add_row(c.name, names.get(c.image_id, short(c.image_id)), "-", "-", "not mounted")
-    out.print(table)
+                add(c.name, None, None, "not mounted")
+    if quiet:
+        print_lines(r["container"] for r in rows)
+        return
+
+    def image_shown(r: dict[str, Any]) -> str:
+        if r["image"]:
+            return str(r["image"])
+        return "?" if r["image_id"] is None else r["image_id"] if no_trunc else short(r["image_id"])
+
+    listing(fmt, PS_COLUMNS, rows, lambda r: [r["container"], image_shown(r), r["mountpoint"] or "-",
+                                              "-" if r["pid"] is None else str(r["pid"]), r["status"]],
+            lambda r: r)
+
+
+PS_COLUMNS = (Column("CONTAINER"), Column("IMAGE"), Column("MOUNT POINT"), Column("PID", right=True),
+              Column("STATUS"))
 
 
 @cli.command("create")
-@click.argument("image_ref", metavar="IMAGE")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @click.option("--name", required=True, help="Container name (letters, digits, '.', '_', '-'; at most 64).")
 def create_cmd(image_ref: str, name: str) -> None:
     """Create a named container: an image plus a writable layer that persists across mounts."""
@@ -106,7 +130,7 @@ def create_cmd(image_ref: str, name: str) -> None:
 
 
 @cli.command("rm")
-@click.argument("names", metavar="CONTAINER...", nargs=-1, required=True)
+@click.argument("names", metavar="CONTAINER...", nargs=-1, required=True, shell_complete=complete_containers)
 @click.option("-f", "--force", is_flag=True, help="Unmount first if mounted.")
 def rm_cmd(names: tuple[str, ...], force: bool) -> None:
     """Remove containers and their writable layers."""
@@ -116,7 +140,7 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
     store = open_store()
     for name in names:
         if containers.get(store, name) is None:
-            raise VockerError(f"no such container: {name}")
+            raise NotFoundError(f"no such container: {name}")
         for m in containers.mounts(store):
             if m.container == name:
                 if not force and status(m) != "stale":
@@ -136,33 +160,80 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
         out.print(f"Removed container {name}", markup=False)
 
 
-@cli.command("run", context_settings={"ignore_unknown_options": True})
-@click.argument("ref", metavar="IMAGE|CONTAINER")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@cli.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("ref", metavar="IMAGE|CONTAINER", shell_complete=complete_refs)
+@click.argument("command", metavar="COMMAND [ARG]...", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-e", "--env", "env", metavar="KEY=VAL", multiple=True,
+              help="Set a variable for COMMAND (repeatable); KEY alone passes this shell's value.")
+@click.option("-w", "--workdir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Working directory of COMMAND (default: the current one).")
 @click.option("--read-only", is_flag=True, help="Mount without a writable layer.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment.")
 @allow_other_option
-def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | None, allow_other: bool) -> None:
-    """Run COMMAND with the environment mounted and active (use -- before COMMAND).
+@own_failures_exit(RUN_FAILED)
+def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: Path | None, read_only: bool,
+            python: Path | None, allow_other: bool) -> None:
+    """Run COMMAND with the environment mounted and active, and exit with its exit code.
 
-    Mounts in a temporary directory, sets PATH and VIRTUAL_ENV, passes the exit code and
-    signals through and unmounts. Changes are discarded unless REF is a named container.
-    Exits 127 if COMMAND is not found, 126 if it cannot be executed (as a shell does).
+    Options go before IMAGE: everything after it is COMMAND's ('vocker run app python -h'
+    shows Python's help). Mounts in a temporary directory named after the image, sets
+    PATH and VIRTUAL_ENV, passes signals through and unmounts. Changes are discarded
+    unless IMAGE is a named container. A bare 'python' or 'pip' that the environment
+    lacks is refused rather than run from the host (a full path runs anything).
+
+    Exits 127 if COMMAND is not found, 126 if it cannot be executed (as a shell does),
+    125 if vocker itself fails (no such image, mount failed).
     """
     from ..running import run_in
 
-    sys.exit(run_in(open_store(), ref, list(command), read_only=read_only, python=python, allow_other=allow_other))
+    sys.exit(run_in(open_store(), ref, list(command), read_only=read_only, python=python, allow_other=allow_other,
+                    env=_variables(env), cwd=workdir))
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    """docker run's -e: KEY=VAL, or KEY alone for this process's value (skipped when unset)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not key or "\0" in pair:
+            raise click.BadParameter(f"expected KEY=VAL, not {pair!r}", param_hint="'-e'")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    return env
 
 
 @cli.command("shell")
-@click.argument("ref", metavar="IMAGE|CONTAINER")
+@click.argument("ref", metavar="IMAGE|CONTAINER", shell_complete=complete_refs)
+@click.option("-e", "--env", "env", metavar="KEY=VAL", multiple=True, help="Set a variable in the shell (repeatable).")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment.")
 @allow_other_option
-def shell_cmd(ref: str, python: Path | None, allow_other: bool) -> None:
-    """Open an interactive shell ($SHELL) with the environment mounted and active."""
+@own_failures_exit(RUN_FAILED)
+def shell_cmd(ref: str, env: tuple[str, ...], python: Path | None, allow_other: bool) -> None:
+    """Open an interactive shell ($SHELL) with the environment mounted and active.
+
+    The environment is activated after your ~/.bashrc or ~/.zshrc (bash, zsh, fish,
+    sh), so it wins over a Python they put first on PATH; the prompt shows the image's
+    name. Exits with the shell's exit code, 125 if vocker itself fails.
+    """
     from ..running import run_in
 
     shell = os.environ.get("SHELL") or "/bin/sh"
-    sys.exit(run_in(open_store(), ref, [shell], python=python, allow_other=allow_other))
+    sys.exit(run_in(open_store(), ref, [shell], python=python, allow_other=allow_other, env=_variables(env),
+                    interactive_shell=True))
+
+
+@container.command("prune")
+def container_prune() -> None:
+    """Remove throw-away containers that nothing mounts (a killed mount leaves them).
+
+    Named containers stay: remove one with 'vocker rm'.
+    """
+    from ..prune import prune_containers
+
+    pruned = prune_containers(open_store())
+    out.print(f"Removed {pruned.containers} throw-away container(s), freed {human_size(pruned.container_bytes)}",
+              markup=False)

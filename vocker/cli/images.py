@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ import click
 
 from .. import refs
 from ..digest import short
-from ..ui import RichReporter, err, human_age, human_size, out, table as make_table
+from ..ui import RichReporter, err, human_age, human_size, out
 from .common import open_store, cli, image
+from .completion import complete_images
+from .output import Column, format_option, iso_time, listing, no_trunc_option, print_json, print_lines
 
 
 @image.command("import")
@@ -47,31 +48,50 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
 
 
 @image.command("ls")
-@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
-def image_ls(quiet: bool) -> None:
-    """List images."""
+@click.argument("name", metavar="[NAME[:TAG]]", required=False, shell_complete=complete_images)
+@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs (full), one a line.")
+@no_trunc_option
+@format_option
+def image_ls(name: str | None, quiet: bool, no_trunc: bool, fmt: str) -> None:
+    """List images, or those of one repository NAME (or NAME:TAG)."""
     store = open_store()
-    records = store.images()
+    records = [r for r in store.images() if name is None or any(_matches(t, name) for t in r.tags)]
     if quiet:
-        for r in records:
-            out.print(r.id, markup=False)
+        print_lines(r.id for r in records)
         return
-    table = make_table(header_style="bold")
-    for col in ("IMAGE ID", "TAGS", "KIND", "PYTHON", "FILES", "SIZE", "CREATED"):
-        table.add_column(col, no_wrap=col != "TAGS")
-    for r in records:
-        manifest = store.manifest(r.id)
-        py = f"{manifest.python.implementation} {manifest.python.version}" if manifest.python else "-"
-        table.add_row(short(r.id), ", ".join(r.tags) or "<none>", manifest.kind, py, str(r.files),
-                      human_size(r.size), human_age(r.created))
-    out.print(table)
+    manifests = {r.id: store.manifest(r.id) for r in records}
+
+    def python(r: Any) -> dict[str, str] | None:
+        py = manifests[r.id].python
+        return {"implementation": py.implementation, "version": py.version} if py else None
+
+    def row(r: Any) -> list[str]:
+        py = python(r)
+        return [r.id if no_trunc else short(r.id), ",".join(r.tags) or "<none>", manifests[r.id].kind,
+                f"{py['implementation']} {py['version']}" if py else "-", str(r.files), human_size(r.size),
+                human_age(r.created)]
+
+    listing(fmt, IMAGE_COLUMNS, records, row,
+            lambda r: {"id": r.id, "tags": list(r.tags), "kind": manifests[r.id].kind, "python": python(r),
+                       "files": r.files, "size": r.size, "created": iso_time(r.created)})
+
+
+IMAGE_COLUMNS = (Column("IMAGE ID"), Column("TAGS", wrap=True), Column("KIND"), Column("PYTHON"),
+                 Column("FILES", right=True), Column("SIZE", right=True), Column("CREATED"))
+
+
+def _matches(tag: str, wanted: str) -> bool:
+    """Docker's ``images NAME[:TAG]``: the repository name, and the tag if one is given."""
+    name, _, version = tag.rpartition(":")
+    want_name, sep, want_version = wanted.rpartition(":") if ":" in wanted.split("/")[-1] else (wanted, "", "")
+    return name == want_name and (not sep or version == want_version)
 
 
 cli.add_command(image_ls, "images")
 
 
 @image.command("inspect")
-@click.argument("image_ref", metavar="IMAGE")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 def image_inspect(image_ref: str) -> None:
     """Show an image's manifest and provenance as JSON."""
     store = open_store()
@@ -79,7 +99,7 @@ def image_inspect(image_ref: str) -> None:
     record = store.image(image_id)
     doc: dict[str, Any] = {
         "id": image_id, "tags": list(record.tags), "size": record.size, "files": record.files,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+        "created": iso_time(record.created),
         "manifest": store.manifest(image_id).to_cbor(), "provenance": record.provenance,
     }
     from ..build import build_record
@@ -87,11 +107,11 @@ def image_inspect(image_ref: str) -> None:
     build = build_record(store, image_id)
     if build is not None:
         doc["build"] = build
-    out.print_json(json.dumps(doc)) if out.is_terminal else click.echo(json.dumps(doc, indent=2))
+    out.print_json(json.dumps(doc)) if out.is_terminal else print_json(doc)
 
 
 @image.command("rm")
-@click.argument("image_refs", metavar="IMAGE...", nargs=-1, required=True)
+@click.argument("image_refs", metavar="IMAGE...", nargs=-1, required=True, shell_complete=complete_images)
 def image_rm(image_refs: tuple[str, ...]) -> None:
     """Remove images (or just the given tag when the image has others). Run 'vocker gc' to free space."""
     from ..mounting import reap_orphans
@@ -107,8 +127,23 @@ def image_rm(image_refs: tuple[str, ...]) -> None:
 cli.add_command(image_rm, "rmi")
 
 
+@image.command("prune")
+def image_prune() -> None:
+    """Delete untagged images that no container uses, then free what no image needs (gc).
+
+    A failed 'build --test' leaves such an image. Tagged images stay.
+    """
+    from ..prune import prune_images
+    from .upkeep import collect
+
+    store = open_store()
+    pruned = prune_images(store)
+    result = collect(store)
+    out.print(f"Deleted {len(pruned.images)} untagged image(s); freed {human_size(result.bytes)}", markup=False)
+
+
 @cli.command("tag")
-@click.argument("image_ref", metavar="IMAGE")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @click.argument("new_tag", metavar="NAME[:TAG]")
 def tag_cmd(image_ref: str, new_tag: str) -> None:
     """Give an image another name."""
@@ -116,7 +151,7 @@ def tag_cmd(image_ref: str, new_tag: str) -> None:
 
 
 @cli.command("export")
-@click.argument("image_ref", metavar="IMAGE")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--audit", is_flag=True,
               help="Write the raw stored contents for inspection: no scaffolding, no bytecode, no exec bits; "

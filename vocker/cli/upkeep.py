@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
+from ..ui import RichReporter, err, human_size, out
+from .common import cli, open_store, system, with_store_options
+from .output import Column, format_option, print_json, print_table
 
-from ..ui import RichReporter, err, human_size, out, table as make_table
-from .common import open_store, cli, with_store_options
+if TYPE_CHECKING:
+    from ..maintenance import GcResult
+    from ..store import Store
 
 
 @cli.command("verify")
@@ -29,55 +34,82 @@ def gc_cmd() -> None:
 
     Deletes nothing, and says so, when the store is inconsistent (run 'vocker verify').
     """
-    from ..maintenance import gc
-
-    store = open_store()
-    with store.lock_exclusive(blocking=False) as got:
-        if got:
-            result = gc(store)
-    if not got:
-        err.print("waiting for running imports/exports to finish...", markup=False)
-        with store.lock_exclusive():
-            result = gc(store)
+    result = collect(open_store())
     out.print(f"Removed {result.blobs + result.orphans} blobs ({human_size(result.bytes)}), "
               f"{result.objects} trees/manifests, {result.pycs} cached pycs", markup=False)
 
 
+def collect(store: Store) -> GcResult:
+    """gc under the store's exclusive lock, saying so when it has to wait for it."""
+    from ..maintenance import gc
+
+    with store.lock_exclusive(blocking=False) as got:
+        if got:
+            return gc(store)
+    err.print("waiting for running imports/exports to finish...", markup=False)
+    with store.lock_exclusive():
+        return gc(store)
+
+
+@system.command("prune")
+def system_prune() -> None:
+    """Remove throw-away containers nothing mounts and untagged images nothing uses, then gc.
+
+    Tagged images and named containers stay. Says what was removed and the space freed.
+    """
+    from ..prune import prune_containers, prune_images
+
+    store = open_store()
+    gone = prune_containers(store)
+    images = prune_images(store)
+    result = collect(store)
+    out.print(f"Removed {gone.containers} throw-away container(s), {len(images.images)} untagged image(s) and "
+              f"{result.blobs + result.orphans} blobs; freed {human_size(gone.container_bytes + result.bytes)}",
+              markup=False)
+
+
 @cli.command("df")
-def df_cmd() -> None:
-    """Show space used: logical vs stored size, dedup and compression ratios.
+@format_option
+def df_cmd(fmt: str) -> None:
+    """Show space used: logical vs stored size, dedup and compression ratios, what is reclaimable.
 
     Stored size includes the metadata database (small files live inline in it); the
-    compression ratio is that of the blob files alone.
+    compression ratio is that of the blob files alone. Reclaimable is what
+    'vocker system prune' would free in blob files (untagged images nothing uses, and
+    what no image needs).
     """
     from ..maintenance import usage
+    from ..prune import reclaimable
 
     store = open_store()
     u = usage(store)
-    table = make_table(show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for label, value in (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
-                         ("logical size", human_size(u.logical)), ("unique content", human_size(u.unique)),
-                         ("stored on disk", human_size(u.stored)), ("  metadata database", human_size(u.database)),
-                         ("bytecode cache", human_size(u.cache)),
-                         ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
-                         ("compression ratio", f"{u.compression_ratio:.2f}x")):
-        table.add_row(label, value)
-    out.print(table)
+    free = reclaimable(store)
+    if fmt == "json":
+        print_json({"store": str(store.root), "images": u.images, "files": u.files, "logical": u.logical,
+                    "unique": u.unique, "stored": u.stored, "database": u.database, "bytecode_cache": u.cache,
+                    "reclaimable": free, "dedup_ratio": round(u.dedup_ratio, 4),
+                    "compression_ratio": round(u.compression_ratio, 4)})
+        return
+    rows = (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
+            ("logical size", human_size(u.logical)), ("unique content", human_size(u.unique)),
+            ("stored on disk", human_size(u.stored)), ("  metadata database", human_size(u.database)),
+            ("bytecode cache", human_size(u.cache)), ("reclaimable", human_size(free)),
+            ("dedup ratio", f"{u.dedup_ratio:.2f}x"), ("compression ratio", f"{u.compression_ratio:.2f}x"))
+    print_table((Column("WHAT"), Column("VALUE", right=True)), rows, header=False)
 
 
 @cli.command("config")
 @with_store_options
-def config_cmd() -> None:
+@format_option
+def config_cmd(fmt: str) -> None:
     """Show which store is in use and why."""
     from ..home import resolve_home
 
     root, why = resolve_home()
-    table = make_table(show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("store", str(root))
-    table.add_row("because", why)
-    table.add_row("exists", "yes" if (root / "vocker.db").exists() else "no (created on first use)")
-    out.print(table)
+    exists = (root / "vocker.db").exists()
+    if fmt == "json":
+        print_json({"store": str(root), "because": why, "exists": exists})
+        return
+    print_table((Column("WHAT"), Column("VALUE")),
+                (("store", str(root)), ("because", why), ("exists", "yes" if exists else "no (created on first use)")),
+                header=False)
