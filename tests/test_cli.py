@@ -315,6 +315,10 @@ def test_run_passes_everything_after_the_image_to_the_command(env_image: str, vo
     activated = vocker("run", env_image, "sh", "-c", '. "$VIRTUAL_ENV/bin/activate"; echo "$VIRTUAL_ENV_PROMPT"',
                        env=tmp).stdout
     assert activated.strip() in ("(img)", "img"), activated  # the activate script names the image too
+    vocker("tag", env_image, "img:v1")
+    proc = vocker("run", "img:v1", "sh", "-c", 'echo "$VIRTUAL_ENV_PROMPT"; command -v python', env=tmp)
+    prompt, python = proc.stdout.splitlines()
+    assert prompt == "(img:v1) " and python.endswith("/img-v1/bin/python"), proc.stdout  # PATH not split at ':'
 
 
 @needs_mounts

@@ -17,12 +17,12 @@ from .mounting import mounted
 from .store import Store
 
 
-def activated_env(root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def activated_env(root: Path, base: Mapping[str, str] | None = None, prompt: str | None = None) -> dict[str, str]:
     """What `source bin/activate` would set, for a child process."""
     env = dict(os.environ if base is None else base)
     env.pop("PYTHONHOME", None)
     env["VIRTUAL_ENV"] = str(root)
-    env["VIRTUAL_ENV_PROMPT"] = f"({root.name}) "
+    env["VIRTUAL_ENV_PROMPT"] = f"({prompt or root.name}) "
     env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
     return env
 
@@ -59,12 +59,14 @@ def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = Fals
         command = command[1:]
     name = prompt_name(ref)
     # The mount point is named after the image, so that what names the venv after its
-    # directory (the activate scripts' prompt) shows the image, not a random name.
+    # directory (the activate scripts' prompt) shows the image, not a random name; not
+    # with a ':' (app:v1), which would split PATH.
+    where = name.replace(":", "-")
     parent = Path(tempfile.mkdtemp(prefix="vocker-"))
     try:
-        with mounted(store, ref, parent / name, read_only=read_only, python=python,
+        with mounted(store, ref, parent / where, read_only=read_only, python=python,
                      allow_other=allow_other) as root:
-            environ = activated_env(root)
+            environ = activated_env(root, prompt=name)
             environ.update(env or {})
             if interactive_shell:
                 rcdir = parent / "rc"
@@ -77,7 +79,7 @@ def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = Fals
     finally:
         shutil.rmtree(parent / "rc", ignore_errors=True)
         try:
-            (parent / name).rmdir()
+            (parent / where).rmdir()
             parent.rmdir()
         except OSError:
             pass  # still mounted (a lazy unmount): the system's temporary directory keeps it
