@@ -363,3 +363,24 @@ def test_shell_activation_wins_over_a_hostile_bashrc(env_image: str, vocker_home
     assert where.group(1) == f"{prefix.group(1)}/bin/python" and prefix.group(1).endswith("/img"), text
     assert "(img) hostile$ " in text, text  # the prompt shows the image, and the rc file still ran
     assert "pip is not in the environment img" in text and not marker.exists(), text
+
+
+@needs_mounts
+def test_container_prune_removes_what_a_killed_mount_left(env_image: str, vocker, tmp_path: Path) -> None:
+    import signal
+
+    vocker("create", env_image, "--name", "keep")
+    vocker("mount", env_image, tmp_path / "mnt")
+    (tmp_path / "mnt" / "written.bin").write_bytes(os.urandom(64 << 10))
+    [row] = json.loads(vocker("ps", "--format", "json").stdout)
+    assert row["persistent"] is False and row["status"] == "healthy", row
+    os.kill(row["pid"], signal.SIGKILL)  # the daemon dies: a throw-away container nothing holds
+    wait = time.monotonic() + 10
+    while json.loads(vocker("ps", "--format", "json").stdout)[0]["status"] != "stale" and time.monotonic() < wait:
+        time.sleep(0.1)
+    pruned = vocker("container", "prune").stdout
+    m = re.fullmatch(r"Removed 1 throw-away container\(s\), freed (\d+\.\d) kB\n", pruned)
+    assert m and float(m.group(1)) >= 65, pruned  # its writable layer
+    assert json.loads(vocker("ps", "-a", "--format", "json").stdout)[0]["container"] == "keep"  # named: kept
+    assert len(json.loads(vocker("ps", "-a", "--format", "json").stdout)) == 1
+    assert vocker("container", "prune").stdout.startswith("Removed 0 ")
