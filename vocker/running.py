@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 from .mounting import mounted
+from .runclient import activated_env, wait_forwarding
 from .store import Store
-
-
-def activated_env(root: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """What `source bin/activate` would set, for a child process."""
-    env = dict(os.environ if base is None else base)
-    env.pop("PYTHONHOME", None)
-    env["VIRTUAL_ENV"] = str(root)
-    env["VIRTUAL_ENV_PROMPT"] = f"({root.name}) "
-    env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
-    return env
 
 
 def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = False,
@@ -32,11 +21,4 @@ def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = Fals
             from .errors import CommandNotRunError
             raise CommandNotRunError(f"cannot run {command[0]}: {exc.strerror}",
                                      isinstance(exc, FileNotFoundError)) from None
-        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-        previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in forwarded}
-        try:
-            code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    return code if code >= 0 else 128 - code
+        return wait_forwarding(proc)
