@@ -59,7 +59,8 @@ cli.add_command(unmount_cmd, "umount")
 
 
 @cli.command("ps")
-@click.option("-a", "--all", "show_all", is_flag=True, help="Also list named containers that are not mounted.")
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Also list named containers that are not mounted, and warm mounts (kept for the next run).")
 def ps_cmd(show_all: bool) -> None:
     """List mounted containers and whether their daemons are healthy.
 
@@ -83,7 +84,12 @@ def ps_cmd(show_all: bool) -> None:
     mounted = set()
     for m in containers.mounts(store):  # the daemon records its mount before mounting
         mounted.add(m.container)
-        table.add_row(m.container, image_of(m.container), m.mountpoint, str(m.pid), status(m))
+        state = status(m)
+        if m.options.get("warm") and state == "healthy":  # kept for the next run: listed with -a
+            if not show_all:
+                continue
+            state = "warm"
+        table.add_row(m.container, image_of(m.container), m.mountpoint, str(m.pid), state)
     for name in containers.orphans(store):
         if name in by_name and name not in mounted:
             table.add_row(name, image_of(name), "-", "-", "orphaned")

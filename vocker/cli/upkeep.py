@@ -30,8 +30,10 @@ def gc_cmd() -> None:
     Deletes nothing, and says so, when the store is inconsistent (run 'vocker verify').
     """
     from ..maintenance import gc
+    from ..warm import release
 
     store = open_store()
+    release(store)  # unused warm mounts: their daemons compile into the store, and keep containers
     with store.lock_exclusive(blocking=False) as got:
         if got:
             result = gc(store)
