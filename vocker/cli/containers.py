@@ -155,6 +155,9 @@ def run_cmd(ref: str, command: tuple[str, ...], read_only: bool, python: Path | 
     Mounts in a temporary directory, sets PATH and VIRTUAL_ENV, passes the exit code and
     signals through and unmounts. Changes are discarded unless REF is a named container.
     Exits 127 if COMMAND is not found, 126 if it cannot be executed (as a shell does).
+
+    'vocker run IMAGE -- COMMAND' keeps the image's mount warm for the next run instead
+    (VOCKER_WARM_IDLE seconds, default 300; 0 turns it off), its changes discarded.
     """
     from ..running import run_in
 
