@@ -247,7 +247,7 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
                 os.setsid()
                 if os.fork() == 0:
                     os.close(r)
-                    for fd in config.pop("close_fds"):  # type: ignore[attr-defined]
+                    for fd in config.pop("close_fds", ()):  # type: ignore[attr-defined]
                         with contextlib.suppress(OSError):
                             os.close(fd)
                     null = os.open(os.devnull, os.O_RDWR)
