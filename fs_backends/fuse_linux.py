@@ -41,6 +41,32 @@ HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}\Z")
 _invalidate_path = fuse._libfuse.fuse_invalidate_path
 _invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
 _invalidate_path.restype = ctypes.c_int
+_get_session = fuse._libfuse.fuse_get_session
+_get_session.argtypes = (ctypes.c_void_p,)
+_get_session.restype = ctypes.c_void_p
+_inval_entry = fuse._libfuse.fuse_lowlevel_notify_inval_entry
+_inval_entry.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t)
+_inval_entry.restype = ctypes.c_int
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _FileHandle(ctypes.Structure):  # struct file_handle, with room for FUSE's (at most 24 bytes)
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 64)]
+
+
+def _node_id(path: str) -> int | None:
+    """The FUSE node id the kernel knows ``path`` (in a FUSE mount) by, or None.
+
+    libfuse's high-level API tells no node ids, and dropping a cached name needs its parent's;
+    the kernel encodes it as the first 8 bytes of a FUSE file handle (fuse_encode_fh).
+    """
+    handle = _FileHandle(handle_bytes=64)
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(-100, path.encode("utf-8", "surrogateescape"), ctypes.byref(handle),
+                               ctypes.byref(mount_id), 0) != 0 or handle.handle_bytes < 8:
+        return None
+    raw = bytes(handle.f_handle[:8])
+    return int.from_bytes(raw[:4], "little") << 32 | int.from_bytes(raw[4:8], "little")
 
 
 #: libfuse's worker threads are not Python threads, so every callback would create and
@@ -70,12 +96,14 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 class VockerFS(fuse.Operations):
     use_ns = True
 
-    def __init__(self, view: ContainerView, on_ready: Callable[[], None]) -> None:
+    def __init__(self, view: ContainerView, on_ready: Callable[[], None], mountpoint: str = "") -> None:
         self.view = view
         self.on_ready = on_ready
+        self.mountpoint = mountpoint
         self._fuse: Any = None
         self._detached: dict[str, Detached] = {}
         view.invalidate = self._invalidate
+        view.invalidate_entry = self._invalidate_entry
 
     def init(self, path: str) -> None:
         self._fuse = fuse._libfuse.fuse_get_context().contents.fuse
@@ -85,6 +113,17 @@ class VockerFS(fuse.Operations):
         """Drop the kernel's cached attributes and pages of a path (libfuse >= 3.1)."""
         if self._fuse is not None:
             _invalidate_path(self._fuse, ("/" + "/".join(parts)).encode("utf-8", "surrogateescape"))
+
+    def _invalidate_entry(self, parts: tuple[str, ...]) -> None:
+        """Drop the kernel's cached name ``parts`` (a dentry, or a negative one), and with it
+        what it cached below that name; to be called from outside a request of this mount (it
+        resolves the parent's node id through the mount)."""
+        if self._fuse is None or not parts:
+            return
+        parent = _node_id(os.path.join(self.mountpoint, *parts[:-1]))
+        if parent is not None:
+            name = parts[-1].encode("utf-8", "surrogateescape")
+            _inval_entry(_get_session(self._fuse), parent, name, len(name))
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
@@ -230,4 +269,4 @@ def serve(view: ContainerView, mountpoint: str, *, name: str, read_only: bool, a
         options.update(noexec=True, nosuid=True, nodev=True)
     if allow_other:
         options["allow_other"] = True
-    fuse.FUSE(VockerFS(view, on_ready), mountpoint, foreground=True, nothreads=False, **options)
+    fuse.FUSE(VockerFS(view, on_ready, mountpoint), mountpoint, foreground=True, nothreads=False, **options)

@@ -27,6 +27,11 @@ from pathlib import Path
 
 import pytest
 
+#: Warm mounts (vocker.warm) are off in this suite unless a test turns them on; then they live
+#: under the test's store (not $XDG_RUNTIME_DIR), where no_leftover_mounts finds what is left.
+os.environ["VOCKER_WARM_IDLE"] = "0"
+os.environ.pop("XDG_RUNTIME_DIR", None)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for  # noqa: E402
 from wheelfactory import build_wheel  # noqa: E402

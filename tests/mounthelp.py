@@ -62,7 +62,8 @@ def proc_mounts_text() -> str:
 
 
 def daemon_pids(*roots: Path | str) -> list[int]:
-    """Live processes with a ``daemon.log`` under one of ``roots`` open (a mount daemon's stdout)."""
+    """Live processes with a ``daemon.log`` (a mount daemon's stdout) or a ``warm.log`` (the
+    warm-mount service's) under one of ``roots`` open."""
     pids = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
@@ -78,7 +79,7 @@ def daemon_pids(*roots: Path | str) -> list[int]:
             except OSError:
                 continue
             target = target.removesuffix(" (deleted)")
-            if target.endswith("/daemon.log") and _under(target, roots):
+            if target.endswith(("/daemon.log", "/warm.log")) and _under(target, roots):
                 pids.append(int(entry))
                 break
     return pids

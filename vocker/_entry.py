@@ -9,6 +9,12 @@ import sys
 
 def main() -> None:
     try:
+        if sys.argv[1:2] == ["run"]:  # on a warm mount, without importing the CLI (vocker.runclient)
+            from .runclient import thin_run
+
+            code = thin_run(sys.argv[1:])
+            if code is not None:
+                sys.exit(code)
         from .cli import main as cli_main
 
         # What the imports made lives until exit: frozen, no collection walks it again, nor the

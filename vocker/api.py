@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .mounting import mounted
+from .runclient import lease
 from .store import Store
 
 
@@ -15,9 +16,17 @@ def mount(ref: str, path: str | Path | None = None, *, read_only: bool = False,
           home: str | Path | None = None, python: str | Path | None = None) -> Iterator[Path]:
     """Mount an image (throw-away writable layer) or a named container; always unmounts.
 
-    ``path`` defaults to a new temporary directory; ``home`` to the default store.
+    ``path`` defaults to a warm mount of the image (vocker.warm: kept for the next use, its
+    changes discarded when the block ends), or a new temporary directory when warm mounts are
+    off (VOCKER_WARM_IDLE=0), for a named container or with other options; ``home`` defaults
+    to the default store.
     """
     store = Store.open(Path(home) if home is not None else None)
+    if path is None and not read_only and python is None:
+        with lease(store.root, ref) as where:
+            if where is not None:
+                yield where
+                return
     with mounted(store, ref, Path(path) if path is not None else None, read_only=read_only,
                  python=Path(python) if python is not None else None) as where:
         yield where

@@ -98,12 +98,17 @@ def main(config: dict[str, Any]) -> int:
         flag.unlink(missing_ok=True)  # left by an unmount that did not finish
         if not config["audit"]:  # an audit mount shows other files (no bytecode, raw templates)
             view.recorder = readahead.Recorder(readahead.load(store, config["image_id"]))
+        if config.get("warm_control"):  # a warm mount: the service asks for a reset between uses
+            from . import warm
+
+            warm.serve_control(config["warm_control"].encode("latin-1"), view)
         if config.get("owner_pid"):
             threading.Thread(target=_watch_owner, args=(config["owner_pid"], config["mountpoint"]),
                              daemon=True).start()
         containers.record_mount(store, mountpoint, name, os.getpid(),
                                 {"read_only": config["read_only"], "audit": config["audit"],
-                                 "allow_other": config.get("allow_other", False)})
+                                 "allow_other": config.get("allow_other", False),
+                                 **({"warm": True} if config.get("warm_control") else {})})
         recorded = True
         log.info("serving container %s (image %s) at %s", name, config["image_id"], mountpoint)
         # The read-ahead goes through the mount, so its reads are served like any request. A

@@ -12,8 +12,6 @@ import os
 import stat
 from pathlib import Path
 
-import platformdirs
-
 LOCAL_DIR = ".vocker"
 #: A store's root and its containers/ are private to their owner: blobs and the database
 #: keep no file modes, so a venv's 0600 file would otherwise be readable by anyone there.
@@ -32,6 +30,8 @@ def user_home() -> tuple[Path, str]:
     env = os.environ.get("VOCKER_HOME")
     if env:
         return Path(env).expanduser().absolute(), "$VOCKER_HOME"
+    import platformdirs  # here: `vocker run` on a warm mount with $VOCKER_HOME set goes without it
+
     return platformdirs.user_data_path("vocker", appauthor=False), "the user data directory (default)"
 
 

@@ -126,7 +126,8 @@ def status(record: MountRecord) -> str:
 def _check_mountpoint(store: Store, mountpoint: str) -> None:
     """Refuse (or create) the resolved mount point: an empty directory outside the store."""
     root = os.path.realpath(store.root)
-    if mountpoint == root or mountpoint.startswith(root.rstrip("/") + "/"):
+    warm = os.path.join(root, "warm") + "/"  # the store's warm mounts (vocker.runclient.warm_root): served from elsewhere
+    if mountpoint == root or (mountpoint.startswith(root.rstrip("/") + "/") and not mountpoint.startswith(warm)):
         # the daemon would serve requests on the files it serves from (its own upper/: a deadlock)
         raise UsageError(f"mount point {mountpoint} is inside the store {root}")
     if mountpoint in fuse_mounts():
@@ -169,11 +170,14 @@ def user_allow_other(conf: str = FUSE_CONF) -> bool:
 
 
 def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, audit: bool = False,
-          owner_pid: int | None = None, python: Path | None = None, allow_other: bool = False) -> MountRecord:
+          owner_pid: int | None = None, python: Path | None = None, allow_other: bool = False,
+          warm_control: bytes | None = None, close_fds: tuple[int, ...] = ()) -> MountRecord:
     """Mount a container (by name) or a fresh throw-away container of an image (by ref).
 
     ``allow_other``: other users may use the mount too (file permissions still apply); the
-    daemon, which runs as its owner, reads the private store for them.
+    daemon, which runs as its owner, reads the private store for them. ``warm_control``: a
+    warm mount (vocker.warm), whose daemon empties its writable layer when asked on this
+    abstract socket; ``close_fds``: the caller's descriptors a forked daemon must not keep.
     """
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         raise VockerError("FUSE is not available: install fuse3 (apt-get install fuse3) and make sure /dev/fuse exists")
@@ -200,10 +204,13 @@ def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, 
         read_only = read_only or audit
         log_path = containers.container_dir(store, container.name) / "daemon.log"
         r, w = os.pipe()
-        options = {"read_only": read_only, "audit": audit, "allow_other": allow_other}
+        options = {"read_only": read_only, "audit": audit, "allow_other": allow_other,
+                   **({"warm": True} if warm_control else {})}
         config = {"store": str(store.root), "container": container.name, "image_id": image_id,
                   "mountpoint": mountpoint, "read_only": read_only, "audit": audit, "interpreter": interpreter,
-                  "owner_pid": owner_pid, "ready_fd": w, "lock_fd": lock, "allow_other": allow_other}
+                  "owner_pid": owner_pid, "ready_fd": w, "lock_fd": lock, "allow_other": allow_other,
+                  "warm_control": warm_control.decode("latin-1") if warm_control else None,
+                  "close_fds": list(close_fds)}
         try:
             _start_daemon(store, config, log_path, r, w, lock)
             message = _wait_ready(r)
@@ -240,6 +247,9 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
                 os.setsid()
                 if os.fork() == 0:
                     os.close(r)
+                    for fd in config.pop("close_fds", ()):  # type: ignore[attr-defined]
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
                     null = os.open(os.devnull, os.O_RDWR)
                     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                     os.dup2(null, 0)
@@ -256,6 +266,7 @@ def _start_daemon(store: Store, config: dict[str, object], log_path: Path, r: in
         return
     _spawned[:] = [p for p in _spawned if p.poll() is None]  # reap daemons that have exited since
     with open(log_path, "ab") as log:
+        config = {k: v for k, v in config.items() if k != "close_fds"}  # a new process inherits none of them
         proc = subprocess.Popen([sys.executable, "-m", "vocker.daemon", json.dumps(config)], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, pass_fds=(w, lock), start_new_session=True)
     os.close(w)

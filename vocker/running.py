@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import refs, shells
-from .digest import short
+from . import shells
 from .errors import CommandNotRunError
 from .mounting import mounted
+from .runclient import activated_env, prompt_name, wait_forwarding
 from .store import Store
-
-
-def activated_env(root: Path, base: Mapping[str, str] | None = None, prompt: str | None = None) -> dict[str, str]:
-    """What `source bin/activate` would set, for a child process."""
-    env = dict(os.environ if base is None else base)
-    env.pop("PYTHONHOME", None)
-    env["VIRTUAL_ENV"] = str(root)
-    env["VIRTUAL_ENV_PROMPT"] = f"({prompt or root.name}) "
-    env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
-    return env
-
-
-def prompt_name(ref: str) -> str:
-    """The environment's name in prompts and as its mount point's name: the image's name
-    as the user gave it (``app`` for ``app:latest``), a container's name, or a short ID."""
-    if refs.id_prefix(ref) is not None:
-        return short(ref if ref.startswith("sha256:") else f"sha256:{ref}")
-    name = ref.removesuffix(":latest").rsplit("/", 1)[-1]
-    return name if name not in ("", ".", "..") else "env"
 
 
 def check_inside(command: list[str], root: Path, path: str, prompt: str) -> None:
@@ -92,11 +72,4 @@ def _wait(command: list[str], env: dict[str, str], cwd: Path | None) -> int:
     except OSError as exc:
         raise CommandNotRunError(f"cannot run {command[0]}: {exc.strerror}",
                                  isinstance(exc, FileNotFoundError)) from None
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-    previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in forwarded}
-    try:
-        code = proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return code if code >= 0 else 128 - code
+    return wait_forwarding(proc)

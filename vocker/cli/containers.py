@@ -65,7 +65,8 @@ cli.add_command(umount_cmd, "umount")
 
 
 @cli.command("ps")
-@click.option("-a", "--all", "show_all", is_flag=True, help="Also list named containers that are not mounted.")
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Also list named containers that are not mounted, and warm mounts (kept for the next run).")
 @click.option("-q", "--quiet", is_flag=True, help="Only print container names, one a line.")
 @no_trunc_option
 @format_option
@@ -92,7 +93,12 @@ def ps_cmd(show_all: bool, quiet: bool, no_trunc: bool, fmt: str) -> None:
     mounted = set()
     for m in containers.mounts(store):  # the daemon records its mount before mounting
         mounted.add(m.container)
-        add(m.container, m.mountpoint, m.pid, status(m))
+        state = status(m)
+        if m.options.get("warm") and state == "healthy":  # kept for the next run: listed with -a
+            if not show_all:
+                continue
+            state = "warm"
+        add(m.container, m.mountpoint, m.pid, state)
     for name in containers.orphans(store):
         if name in by_name and name not in mounted:
             add(name, None, None, "orphaned")
@@ -184,6 +190,10 @@ def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: P
 
     Exits 127 if COMMAND is not found, 126 if it cannot be executed (as a shell does),
     125 if vocker itself fails (no such image, mount failed).
+
+    'vocker run IMAGE COMMAND' (no options) keeps the image's mount warm for the next run
+    instead of unmounting it (VOCKER_WARM_IDLE seconds, default 300; 0 turns it off), its
+    changes discarded.
     """
     from ..running import run_in
 

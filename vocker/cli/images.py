@@ -116,8 +116,11 @@ def image_rm(image_refs: tuple[str, ...]) -> None:
     """Remove images (or just the given tag when the image has others). Run 'vocker gc' to free space."""
     from ..mounting import reap_orphans
 
+    from ..warm import release
+
     store = open_store()
     reap_orphans(store)  # throw-away containers left by a killed mount would keep their image
+    release(store, {store.resolve(ref) for ref in image_refs})  # so would unused warm mounts
     for ref in image_refs:
         image_id, deleted = store.remove(ref)
         out.print(f"{'Deleted' if deleted else 'Untagged'}: {image_id if deleted else refs.normalize_tag(ref)}",

@@ -40,8 +40,12 @@ def gc_cmd() -> None:
 
 
 def collect(store: Store) -> GcResult:
-    """gc under the store's exclusive lock, saying so when it has to wait for it."""
+    """gc under the store's exclusive lock, saying so when it has to wait for it; unused warm
+    mounts are released first (their daemons compile into the store and hold containers)."""
     from ..maintenance import gc
+    from ..warm import release
+
+    release(store)
 
     with store.lock_exclusive(blocking=False) as got:
         if got:
