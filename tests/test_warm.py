@@ -120,6 +120,17 @@ def test_warm_run_passes_exit_codes_and_errors(img) -> None:
     assert unknown.returncode != 0 and unknown.stderr.startswith("vocker: error: ")
     assert "Traceback" not in unknown.stderr
     assert len(mounted_under(img.home / "warm")) == 1
+    assert unknown.returncode == 125  # vocker's own failure, never the command's code
+
+
+def test_warm_run_without_dashes_names_the_prompt_and_refuses_a_host_pip(img) -> None:
+    """`run IMAGE CMD` (no `--`) reaches the warm mount too, with the image's name as the prompt;
+    a bare pip the image lacks is the CLI's one-line refusal, not the host's pip."""
+    code = "import os, sys; print(sys.prefix); print(os.environ['VIRTUAL_ENV_PROMPT'])"
+    prefix, prompt = img("run", "img", "python", "-c", code, env=WARM).stdout.splitlines()
+    assert prefix.startswith(str(img.home / "warm")) and prompt == "(img) "
+    refused = img("run", "img", "pip", "--version", env=WARM, check=False)
+    assert refused.returncode == 127 and "pip is not in the environment" in refused.stderr, refused.stderr
 
 
 def test_concurrent_runs_get_separate_mounts_and_ps_shows_them(img, tmp_path: Path) -> None:
