@@ -212,12 +212,14 @@ def test_container_diff_and_whiteouts_survive_a_fresh_commit(base: Path, vocker,
 
 
 def test_commit_of_a_mounted_container_while_a_process_writes(base: Path, vocker, tmp_path: Path) -> None:
-    """Each file is written in two halves with a pause: a commit that read the layer while
-    it changed would catch a half. The image holds complete files, 0..k with no gap."""
+    """Each file is written in two halves with a pause. The commit pauses the writer and
+    captures one moment: files 0..k with no gap, every one complete but perhaps the last,
+    which the writer may have been stopped in the middle of (as docker commit would)."""
     vocker("create", "base", "--name", "busy")
     mnt = tmp_path / "m"
     vocker("mount", "busy", mnt)
     stop = threading.Event()
+    writer_done = threading.Event()
 
     def write() -> None:
         (mnt / "out").mkdir()
@@ -229,6 +231,7 @@ def test_commit_of_a_mounted_container_while_a_process_writes(base: Path, vocker
                 time.sleep(0.002)
                 f.write("second half\n")
             i += 1
+        writer_done.set()
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -239,13 +242,14 @@ def test_commit_of_a_mounted_container_while_a_process_writes(base: Path, vocker
         stop.set()
         writer.join()
         vocker("unmount", mnt)
-    if proc.returncode != 0:  # it may give up while the writer never pauses: one clear line then
-        assert proc.stderr.startswith("vocker: error: container busy kept changing"), proc.stderr
-        return
+    assert proc.returncode == 0, proc.stderr
+    assert writer_done.is_set()  # the writer went on after the commit
     vocker("export", "snap", tmp_path / "snap")
     names = sorted(p.name for p in (tmp_path / "snap" / "out").iterdir())
-    assert names == [f"{i:05d}" for i in range(len(names))]
-    assert all((tmp_path / "snap" / "out" / n).read_text() == "first half|second half\n" for n in names)
+    assert len(names) > 3 and names == [f"{i:05d}" for i in range(len(names))]
+    texts = [(tmp_path / "snap" / "out" / n).read_text() for n in names]
+    assert set(texts[:-1]) == {"first half|second half\n"}
+    assert texts[-1] in ("first half|", "first half|second half\n")
 
 
 def test_bad_input_is_one_line_and_changes_nothing(base: Path, vocker, tmp_path: Path) -> None:

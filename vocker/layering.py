@@ -9,12 +9,14 @@ containers, mounted anywhere, on any day, commits to the same image ID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import attrs
 
@@ -28,8 +30,8 @@ from .progress import NullReporter, Reporter
 from .store import Store
 from .tree import Kind
 
-#: A commit of a mounted container reads its writable layer until two looks at every entry's
-#: status, before and after, agree (nothing was written in between); it gives up after this many.
+#: A commit of a mounted container pauses the mount's users and reads its writable layer until
+#: two looks at every entry's status, before and after, agree; it gives up after this many.
 COMMIT_TRIES = 5
 
 
@@ -122,6 +124,44 @@ def _snapshot(path: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _users_of(mountpoint: str, spare: set[int]) -> list[int]:
+    """The processes with their working directory or an open file inside the mount (as
+    ``fuser -m`` finds them), except ``spare``."""
+    inside = mountpoint.rstrip("/") + "/"
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in spare:
+            continue
+        try:
+            links = [os.readlink(f"/proc/{pid}/cwd")]
+            links += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:  # gone, or another user's
+            continue
+        if any(link == mountpoint or link.startswith(inside) for link in links):
+            found.append(int(pid))
+    return found
+
+
+@contextlib.contextmanager
+def _paused(mountpoint: str | None, daemon: int | None) -> Iterator[None]:
+    """Stop the processes using the mount while its writable layer is read, as ``docker
+    commit`` pauses a container, and let them go on afterwards, whatever happens. A process
+    that could not be stopped (another user's) or starts using the mount meanwhile is caught
+    by the check that nothing changed during the read."""
+    stopped: list[int] = []
+    try:
+        if mountpoint is not None:
+            for pid in _users_of(mountpoint, {os.getpid()} | ({daemon} if daemon else set())):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def mountpoint_of(store: Store, name: str) -> str | None:
     """Where the container is mounted, else where it was last mounted (its files name that path)."""
     for m in containers.mounts(store):
@@ -144,15 +184,18 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
     manifest = store.manifest(container.image_id)
     upper = containers.upper_dir(store, name)
     where = mountpoint_of(store, name)
+    live = next((m for m in containers.mounts(store) if m.container == name), None)
     paths = normalize.VenvPaths.of(where, os.path.realpath(where)) if where and manifest.python else None
     with store.lock_shared():
         if not upper.is_dir():
             raise UsageError(f"nothing to commit: container {name} has no changes")
         for _ in range(COMMIT_TRIES):
-            before = _snapshot(str(upper))
-            got = ingest_dir(store, str(upper), paths, _site(manifest), reporter, f"Committing {name}",
-                             layer=True, commit_blobs=False)
-            if _snapshot(str(upper)) == before:
+            with _paused(live.mountpoint if live else None, live.pid if live else None):
+                before = _snapshot(str(upper))
+                got = ingest_dir(store, str(upper), paths, _site(manifest), reporter, f"Committing {name}",
+                                 layer=True, commit_blobs=False)
+                still = _snapshot(str(upper)) == before
+            if still:
                 break
             got.ingest.store.blobs.discard(list(got.ingest.staged.values()))
         else:

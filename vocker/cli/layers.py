@@ -43,8 +43,9 @@ def commit_cmd(container: str, tag: str, message: str) -> None:
 
     The layer is normalised as an import is (the mount point cut out of scripts and text
     files, bytecode left out, no times or owners), so the same change gives the same image
-    ID wherever and whenever it was made. A mounted container is read while nothing writes
-    into it. The message is recorded beside the image, not in its ID.
+    ID wherever and whenever it was made. A mounted container is committed as of one moment:
+    the processes using the mount are paused while it is read (as docker commit does). The
+    message is recorded beside the image, not in its ID.
     """
     from ..layering import commit
 
