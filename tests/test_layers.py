@@ -302,5 +302,6 @@ def test_removing_a_derived_image_never_touches_its_parent(derived: str, vocker,
     vocker("image", "rm", derived)
     vocker("gc")
     assert vocker("verify").returncode == 0
+    assert "images" in vocker("df").stdout
     vocker("export", "base", tmp_path / "base-again")
     assert (tmp_path / "base-again" / SITE / "gamma").is_dir()

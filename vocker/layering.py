@@ -197,7 +197,7 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
                 still = _snapshot(str(upper)) == before
             if still:
                 break
-            got.ingest.store.blobs.discard(list(got.ingest.staged.values()))
+            store.blobs.discard(list(got.ingest.staged.values()))
         else:
             raise VockerError(f"container {name} kept changing while it was read ({COMMIT_TRIES} tries); "
                               "pause what writes into it and commit again")

@@ -15,7 +15,6 @@ into another (what ``commit`` stores), skipping equal subtrees by their digests.
 
 from __future__ import annotations
 
-import threading
 from typing import Iterator
 
 import attrs
@@ -49,7 +48,6 @@ class LayerStack:
         # A plain dict (atomic under the GIL) read by every FUSE thread; bounded by clearing.
         self._memo: dict[Key, Listing] = {}
         self._flat: dict[Key, str] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def of(cls, store: Store, manifest: Manifest) -> "LayerStack":
