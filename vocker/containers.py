@@ -207,6 +207,19 @@ def record_mount(store: Store, mountpoint: str, container: str, pid: int, option
             raise UsageError(f"{mountpoint} is already a mount point (mount daemon pid {row[0]})")
         conn.execute("INSERT OR REPLACE INTO mounts (mountpoint, container, pid, created, options) "
                      "VALUES (?, ?, ?, ?, ?)", (mountpoint, container, pid, time.time(), json.dumps(options)))
+    note_mountpoint(store, container, mountpoint)
+
+
+def note_mountpoint(store: Store, container: str, mountpoint: str) -> None:
+    """Keep where the container was last mounted: its files name that path, and a commit of it
+    after the unmount cuts it out (vocker.layering)."""
+    path = container_dir(store, container) / "mountpoint"
+    tmp = path.with_name(f".mountpoint.{os.getpid()}")
+    try:
+        tmp.write_text(mountpoint)
+        os.replace(tmp, path)
+    except OSError:  # a note for later commits; the mount works without it
+        tmp.unlink(missing_ok=True)
 
 
 def forget_mount(store: Store, mountpoint: str, pid: int) -> None:

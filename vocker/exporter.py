@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import attrs
 
-from . import blobstore, bytecode, scratch, template, walk
+from . import blobstore, bytecode, layerstack, scratch, template, walk
 from .errors import UsageError, VockerError
 from .manifest import PythonFacts
 from .parallel import pmap
@@ -65,7 +65,7 @@ def export_image(store: Store, ref: str, dest: Path, *, audit: bool = False, pyt
     try:
         with store.lock_shared():  # held until the rename: gc removes only a dead export's scratch
             scratch.remove_stale(store)
-            tree = walk.single_layer(manifest.layers)
+            tree = layerstack.flat_root(store, manifest)
             size = walk.check_limits(store, tree)
             with scratch.for_export(store, dest) as tmp:
                 _check_space(tmp, dest.parent, size.size, size.entries)

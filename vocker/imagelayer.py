@@ -4,7 +4,9 @@ The image's Merkle tree is read straight from the store (trees loaded lazily, co
 decompressed and verified on demand), plus what is generated for the path in use:
 templates rendered for the mount point, venv scaffolding (``pyvenv.cfg``, ``bin/python``)
 and bytecode in virtual ``__pycache__`` directories, compiled when a pyc is first looked
-up. ``ContainerView`` (vocker.view) puts the writable layer on top of it.
+up. Stored directories are those of the image's layer stack (vocker.layerstack), so all of
+this works for the files of any layer. ``ContainerView`` (vocker.view) puts the writable
+layer on top of it.
 
 Paths are tuples of names; errors are OSError with an errno, as drivers answer them.
 """
@@ -23,6 +25,7 @@ from cachetools import LRUCache
 from . import bytecode, template, walk
 from .blobstore import ONE_FRAME_MAX, BlobReader, ChunkCache
 from .errors import VockerError
+from .layerstack import Key, LayerStack
 from .manifest import Manifest
 from .scaffold import Link, scaffold
 from .store import Store
@@ -73,6 +76,8 @@ class Lower:
     pyc_pending: bool = False
     #: a stored symlink that points out of the image: never served (EIO), as export refuses it
     escapes: bool = False
+    #: a stored directory: where the layer stack holds it (vocker.layerstack)
+    key: Key | None = None
 
 
 def refuse_escaping(node: "Lower", parts: Parts) -> None:
@@ -89,14 +94,14 @@ class ImageLayer:
         """``root``: where it is mounted (templates render for it); ``mtime_ns``: the time its
         files show. ``interpreter`` (probe info of a host Python) enables venv scaffolding and
         bytecode; ``audit`` shows templates with placeholders, as ``export --audit``."""
-        if len(manifest.layers) != 1:
-            raise VockerError(f"images with {len(manifest.layers)} layers are not supported yet")
         self.store = store
+        #: the read-only layers, merged lazily: one object, so it could be replaced as a whole
+        self.stack = LayerStack.of(store, manifest)
         self.audit = audit
         self.root_bytes = os.fsencode(root)
         self.mtime_ns = mtime_ns
         self.facts = facts = manifest.python
-        self.root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=manifest.layers[0]))
+        self.root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=manifest.layers[-1]), key=self.stack.root)
         # Plain dicts (atomic under the GIL, unlike an LRU) read by every FUSE thread; bounded by clearing.
         self._children: dict[Parts, dict[str, Lower]] = {}
         self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
@@ -125,10 +130,11 @@ class ImageLayer:
             return None
         children: dict[str, Lower] = {}
         entries: tuple[Entry, ...] = ()
-        if node.entry is not None:
-            entries = self.store.tree(node.entry.digest).entries  # type: ignore[arg-type]
+        if node.key is not None:
+            listing = self.stack.listing(node.key)
+            entries = tuple(listing.entries.values())
             for e in entries:
-                children[e.name] = self._entry_node(parts, e)
+                children[e.name] = self._entry_node(parts, e, listing.dirs.get(e.name))
         for name, extra in self._virtual.get(parts, {}).items():
             children.setdefault(name, extra)  # the image's own file wins
         for sub in {p[len(parts)] for p in self._virtual if len(p) > len(parts) and p[:len(parts)] == parts}:
@@ -144,16 +150,16 @@ class ImageLayer:
         self._children[parts] = children
         return children
 
-    def _entry_node(self, parts: Parts, e: Entry) -> Lower:
+    def _entry_node(self, parts: Parts, e: Entry, key: Key | None) -> Lower:
         if e.kind is Kind.SYMLINK and walk.escapes(parts + (e.name,), e.target or ""):
             if self.audit:  # shown, never followed
                 return Lower(Kind.FILE, data=walk.link_placeholder(e.target or ""))
             return Lower(Kind.SYMLINK, entry=e, target=e.target, escapes=True)
-        return Lower(e.kind, executable=e.executable, entry=e, target=e.target)
+        return Lower(e.kind, executable=e.executable, entry=e, target=e.target, key=key)
 
     def _pyc_sources(self, src_dir: Parts) -> tuple[dict[str, Entry], dict[str, str]]:
         """A directory's sources that get pycs (name -> entry), and their cache keys (name -> digest)."""
-        sources = {e.name: e for e in self.store.tree(self.node(src_dir).entry.digest).entries  # type: ignore[union-attr,arg-type]
+        sources = {e.name: e for e in self.stack.listing(self.node(src_dir).key).entries.values()  # type: ignore[union-attr,arg-type]
                    if e.kind is Kind.FILE and e.name.endswith(".py") and not e.template}
         return sources, {name: (e.digest or bytecode.inline_digest(e.inline)) for name, e in sources.items()}
 

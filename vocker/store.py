@@ -54,6 +54,8 @@ class Store:
     _infos: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))
     _chunks: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=200000))  # digest -> chunk digests
     _cache_lock: threading.Lock = attrs.field(factory=threading.Lock)
+    #: nodes this process made and reads without recording them (a layered image's merged tree)
+    _held: dict[str, Tree] = attrs.field(factory=dict)
 
     @classmethod
     def open(cls, root: Path | None = None, *, prefetch: bool = False) -> "Store":
@@ -233,9 +235,13 @@ class Store:
             raise IntegrityError(f"corrupt {what} {digest} (content does not match its digest)")
         return bytes(data)
 
+    def hold_trees(self, objects: dict[str, bytes]) -> None:
+        """Make nodes readable by ``tree`` for this process's life without recording them."""
+        self._held.update({d: Tree.decode(data) for d, data in objects.items()})
+
     def tree(self, digest: str) -> Tree:
         with self._cache_lock:
-            hit = self._trees.get(digest)
+            hit = self._held.get(digest) or self._trees.get(digest)
         if hit is not None:
             return hit
         tree = Tree.decode(self.object_bytes(digest, "tree"), check_canonical=False)
@@ -250,7 +256,7 @@ class Store:
             level = [d for d in dict.fromkeys(level) if d not in seen]  # a shared directory once, not per use
             seen.update(level)
             with self._cache_lock:
-                missing = [d for d in level if d not in self._trees]
+                missing = [d for d in level if d not in self._trees and d not in self._held]
             found: dict[str, bytes] = {}
             with self.read() as conn:
                 found.update({d: bytes(data) for d, data in db.select_in(

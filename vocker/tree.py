@@ -18,6 +18,11 @@ from .digest import check_digest, digest_bytes
 from .errors import FormatError
 
 TREE_VERSION = 1
+#: Nodes of an upper layer that hide something below (a whiteout entry, or the opaque mark)
+#: are written as version 2: a reader that predates layers refuses them with a clear
+#: "unsupported tree format version" rather than showing what they hide. Every other node
+#: stays version 1, byte for byte, so no existing digest changes.
+LAYER_TREE_VERSION = 2
 #: Files up to this size are stored inside their directory's node: it saves a blob
 #: file (and an fsync) for the many empty or tiny files of a venv. Part of the format.
 INLINE_MAX = 256
@@ -34,10 +39,13 @@ class Kind(str, enum.Enum):
     FILE = "f"
     DIR = "d"
     SYMLINK = "l"
+    #: only in an upper layer: hides the name in the layers below (OCI ``.wh.NAME``)
+    WHITEOUT = "w"
 
 
 _KINDS = {k.value: k for k in Kind}
-_FIELDS = {Kind.FILE: frozenset("nkschxt"), Kind.DIR: frozenset("nkh"), Kind.SYMLINK: frozenset("nkl")}
+_FIELDS = {Kind.FILE: frozenset("nkschxt"), Kind.DIR: frozenset("nkh"), Kind.SYMLINK: frozenset("nkl"),
+           Kind.WHITEOUT: frozenset("nk")}
 
 
 def check_name(name: object) -> str:
@@ -79,7 +87,7 @@ class Entry:
                 out["t"] = True
         elif self.kind is Kind.DIR:
             out["h"] = self.digest
-        else:
+        elif self.kind is Kind.SYMLINK:
             out["l"] = self.target
         return out
 
@@ -95,6 +103,8 @@ class Entry:
             raise FormatError(f"corrupt tree: unexpected fields for {name!r}")
         if kind is Kind.DIR:
             return cls(name, kind, digest=check_digest(raw.get("h"), "tree digest"))
+        if kind is Kind.WHITEOUT:
+            return cls(name, kind)
         if kind is Kind.SYMLINK:
             target = raw.get("l")
             if not isinstance(target, str) or not target or "\0" in target:
@@ -122,13 +132,25 @@ def _sort_key(name: str) -> bytes:
 @attrs.frozen
 class Tree:
     entries: tuple[Entry, ...]
+    #: only in an upper layer: nothing of the layers below shows in this directory (OCI ``.wh..wh..opq``)
+    opaque: bool = False
 
     @classmethod
-    def of(cls, entries: Iterable[Entry]) -> "Tree":
-        return cls(tuple(sorted(entries, key=lambda e: _sort_key(e.name))))
+    def of(cls, entries: Iterable[Entry], opaque: bool = False) -> "Tree":
+        return cls(tuple(sorted(entries, key=lambda e: _sort_key(e.name))), opaque)
+
+    @property
+    def hides(self) -> bool:
+        """Whether the node hides anything below it (whiteouts or the opaque mark): a layer form."""
+        return self.opaque or any(e.kind is Kind.WHITEOUT for e in self.entries)
 
     def encode(self) -> bytes:
-        return cbor.dumps({"v": TREE_VERSION, "e": [e.to_cbor() for e in self.entries]})
+        if not self.hides:  # the version-1 form, unchanged since the first images
+            return cbor.dumps({"v": TREE_VERSION, "e": [e.to_cbor() for e in self.entries]})
+        out: dict[str, Any] = {"v": LAYER_TREE_VERSION, "e": [e.to_cbor() for e in self.entries]}
+        if self.opaque:
+            out["o"] = True
+        return cbor.dumps(out)
 
     def digest(self) -> str:
         return digest_bytes(self.encode())
@@ -143,12 +165,18 @@ class Tree:
         store only records after encoding or checking them itself; names and fields are
         still validated."""
         raw = cbor.loads(data, "tree", check_canonical=check_canonical)
-        if not isinstance(raw, dict) or set(raw) != {"v", "e"} or not isinstance(raw["e"], list):
+        if not isinstance(raw, dict) or not {"v", "e"} <= set(raw) <= {"v", "e", "o"} \
+                or not isinstance(raw["e"], list):
             raise FormatError("corrupt tree: not a tree node")
-        if raw["v"] != TREE_VERSION:
+        if raw["v"] not in (TREE_VERSION, LAYER_TREE_VERSION):
             raise FormatError(f"unsupported tree format version {raw['v']!r}")
+        if raw.get("o", True) is not True:
+            raise FormatError("corrupt tree: invalid opaque mark")
         entries = tuple(Entry.from_cbor(e) for e in raw["e"])
         names = [_sort_key(e.name) for e in entries]
         if names != sorted(set(names)):  # canonical order, and each name once
             raise FormatError("corrupt tree: entries unsorted or duplicated")
-        return cls(entries)
+        tree = cls(entries, "o" in raw)
+        if (raw["v"] == LAYER_TREE_VERSION) != tree.hides:  # one form per node, so one digest
+            raise FormatError("corrupt tree: wrong node version for its entries")
+        return tree

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from . import walk
+from . import layerstack, walk
 from .manifest import Manifest
 from .store import Store
 from .tree import Entry, Kind
 
 
 def _files(store: Store, manifest: Manifest) -> dict[str, Entry]:
-    tree = walk.single_layer(manifest.layers)
+    tree = layerstack.flat_root(store, manifest)
     walk.check_limits(store, tree)
     return {"/".join(rel): e for rel, e in walk.iter_entries(store, tree)}
 

@@ -83,10 +83,6 @@ def iter_entries(store: Store, tree_digest: str) -> Iterator[tuple[Rel, Entry]]:
         stack.extend(reversed(subdirs))
 
 
-def single_layer(layers: tuple[str, ...]) -> str:
-    if len(layers) != 1:
-        raise FormatError(f"images with {len(layers)} layers are not supported by this vocker version")
-    return layers[0]
 
 
 def escapes(rel: Rel, target: str) -> bool:

@@ -93,7 +93,7 @@ cli.add_command(image_ls, "images")
 @image.command("inspect")
 @click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 def image_inspect(image_ref: str) -> None:
-    """Show an image's manifest and provenance as JSON."""
+    """Show an image's manifest, provenance and installed distributions as JSON."""
     store = open_store()
     image_id = store.resolve(image_ref)
     record = store.image(image_id)
@@ -107,6 +107,10 @@ def image_inspect(image_ref: str) -> None:
     build = build_record(store, image_id)
     if build is not None:
         doc["build"] = build
+    from ..layering import distributions
+
+    if doc["manifest"].get("python") is not None:
+        doc["distributions"] = distributions(store, image_id)
     out.print_json(json.dumps(doc)) if out.is_terminal else print_json(doc)
 
 
