@@ -15,7 +15,7 @@ import click
 from .. import interrupts
 from ..errors import VockerError
 from ..ui import err
-from . import builds, containers, images, upkeep  # noqa: F401  (they register their commands)
+from . import builds, containers, images, share, upkeep  # noqa: F401  (they register their commands)
 from .common import cli
 
 __all__ = ["cli", "main"]

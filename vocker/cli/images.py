@@ -72,9 +72,23 @@ cli.add_command(image_ls, "images")
 
 @image.command("inspect")
 @click.argument("image_ref", metavar="IMAGE")
-def image_inspect(image_ref: str) -> None:
-    """Show an image's manifest and provenance as JSON."""
+@click.option("--insecure", is_flag=True, help="A remote registry: speak plain HTTP (always so for localhost).")
+def image_inspect(image_ref: str, insecure: bool) -> None:
+    """Show an image's manifest and provenance as JSON.
+
+    IMAGE may also be a remote reference (HOST[:PORT]/NAME[:TAG], a layout directory, a URL):
+    its manifest is read without pulling the image.
+    """
+    from ..oci.registry import is_remote_ref
+
     store = open_store()
+    if is_remote_ref(image_ref):
+        from ..oci.artifact import inspect
+        from ..oci.registry import locate
+
+        doc = inspect(*locate(image_ref, insecure=insecure))
+        out.print_json(json.dumps(doc)) if out.is_terminal else click.echo(json.dumps(doc, indent=2))
+        return
     image_id = store.resolve(image_ref)
     record = store.image(image_id)
     doc: dict[str, Any] = {

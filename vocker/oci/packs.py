@@ -1,0 +1,168 @@
+"""Packs: file contents travel in blobs of a few MiB, one frame per file plus an index.
+
+A registry stores ~100 blobs/s one by one (research: registry.md), so a venv's thousands of
+files go as packs. A frame is the content exactly as the local store keeps it (raw, one zstd
+frame, or seekable zstd), so packing copies bytes and recompresses nothing; the index
+(canonical CBOR) names each frame's content digest, offset, length, size and codec, so a
+reader can Range-read one file out of a pack (what a lazy mount needs) and check it alone.
+
+Packing is deterministic: files in path order, cut into packs where a package begins (chosen
+by a hash of the package's name) or, inside a large package, at content-defined points, so a
+change to one package changes the packs holding it and the cuts around it stay where they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterable, Iterator
+
+import attrs
+import pyzstd
+
+from .. import cbor
+from ..blobstore import RAW, ZSTD, ZSTD_SEEKABLE
+from ..digest import check_digest, digest_bytes
+from ..errors import FormatError, IntegrityError
+
+INDEX_VERSION = 1
+#: Packs average about TARGET bytes, never cut below MIN (unless a file alone passes MAX).
+TARGET = 4 << 20
+MIN = 1 << 20
+MAX = 16 << 20
+CODECS = (RAW, ZSTD, ZSTD_SEEKABLE)
+#: A frame may not claim to expand more than this ratio (plus a margin): a zstd bomb is refused.
+MAX_RATIO = 4096
+MAX_ENTRY = 8 << 30
+
+
+@attrs.frozen
+class Frame:
+    digest: str  # sha256 of the content
+    offset: int
+    length: int  # stored bytes in the pack
+    size: int  # content bytes
+    codec: str
+
+
+@attrs.frozen
+class PackIndex:
+    frames: tuple[Frame, ...]
+
+    def encode(self) -> bytes:
+        return cbor.dumps({"v": INDEX_VERSION,
+                           "e": [[f.digest, f.offset, f.length, f.size, f.codec] for f in self.frames]})
+
+    @classmethod
+    def decode(cls, data: bytes, pack_size: int) -> "PackIndex":
+        """Parse an index, refusing one that points outside its pack, overlaps, or claims bombs."""
+        raw = cbor.loads(data, "pack index")
+        if not isinstance(raw, dict) or set(raw) != {"v", "e"} or raw["v"] != INDEX_VERSION \
+                or not isinstance(raw["e"], list):
+            raise FormatError("corrupt pack index: not a version 1 pack index")
+        frames, end = [], 0
+        for item in raw["e"]:
+            if not (isinstance(item, list) and len(item) == 5 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                      for x in item[1:4])):
+                raise FormatError("corrupt pack index: bad entry")
+            frame = Frame(check_digest(item[0], "pack entry digest"), item[1], item[2], item[3], item[4])
+            if frame.codec not in CODECS:
+                raise FormatError(f"corrupt pack index: unknown codec {frame.codec!r}")
+            if frame.offset < end or frame.length < 0 or frame.offset + frame.length > pack_size:
+                raise FormatError("hostile pack index: an entry points outside its pack or overlaps another")
+            if frame.size < 0 or frame.size > MAX_ENTRY or frame.size > frame.length * MAX_RATIO + (1 << 20):
+                raise FormatError(f"hostile pack index: entry {frame.digest} claims an implausible size {frame.size}")
+            if frame.codec == RAW and frame.size != frame.length:
+                raise FormatError("corrupt pack index: a raw entry's size is not its length")
+            end = frame.offset + frame.length
+            frames.append(frame)
+        return cls(tuple(frames))
+
+
+def content_of(frame: Frame, stored: bytes) -> bytes:
+    """A frame's content, checked against its digest (IntegrityError otherwise), decompressing
+    at most ``frame.size`` bytes whatever the frame says."""
+    if len(stored) != frame.length:
+        raise IntegrityError(f"truncated frame for {frame.digest}")
+    if frame.codec == RAW:
+        data = stored
+    else:
+        try:
+            data, at_edge = bounded_decompress(stored, frame.size)
+            if len(data) != frame.size or not at_edge:
+                raise IntegrityError(f"corrupt frame for {frame.digest} (size differs)")
+            if frame.codec == ZSTD_SEEKABLE:
+                import io
+
+                with pyzstd.SeekableZstdFile(io.BytesIO(stored), "r") as f:
+                    if f.seek(0, io.SEEK_END) != frame.size:
+                        raise IntegrityError(f"corrupt frame for {frame.digest} (seek table)")
+        except (pyzstd.ZstdError, pyzstd.SeekableFormatError, EOFError) as exc:
+            raise IntegrityError(f"corrupt frame for {frame.digest} ({exc})") from None
+    if digest_bytes(data) != frame.digest:
+        raise IntegrityError(f"corrupt frame for {frame.digest} (content does not match its digest)")
+    return data
+
+
+def bounded_decompress(stored: bytes, size: int) -> tuple[bytes, bool]:
+    """All frames of ``stored`` decompressed, but never more than ``size`` + 1 bytes (a bomb
+    stops there); with whether the input ended at a frame's end."""
+    d = pyzstd.EndlessZstdDecompressor()
+    out = bytearray(d.decompress(stored, max_length=size + 1))
+    while len(out) <= size and not d.needs_input:
+        more = d.decompress(b"", max_length=size + 1 - len(out))
+        if not more and not d.needs_input:
+            break
+        out += more
+    return bytes(out), d.at_frame_edge
+
+
+def _chance(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0 ** 64
+
+
+def group_key(path: tuple[str, ...]) -> str:
+    """The package a file belongs to, as far as packing cares: the first name below
+    ``site-packages`` (else the first path component), up to its first '-' or '.', so
+    ``numpy/``, ``numpy-1.26.4.dist-info/`` and ``numpy.libs/`` go together whatever the version."""
+    for i, part in enumerate(path[:-1]):
+        if part == "site-packages":
+            path = path[i + 1:]
+            break
+    top = path[0] if len(path) > 1 else ""
+    return re.split(r"[-.]", top, maxsplit=1)[0].lower()
+
+
+def group(files: Iterable[tuple[str, str, int]]) -> Iterator[list[str]]:
+    """Cut (group key, digest, stored length) in path order into packs of digests.
+
+    Cuts fall where a package begins, chosen by a hash of its *name* (so a new version of a
+    package keeps the cuts around it: only the packs holding it change), once a pack holds MIN
+    bytes; a package larger than TARGET is cut inside by a hash of its files' digests; no pack
+    passes MAX unless one file does.
+    """
+    pack: list[str] = []
+    total = 0
+    key = None
+    for k, digest, length in files:
+        if pack and (total + length > MAX or (k != key and total >= MIN and _chance(k) < total / TARGET)):
+            yield pack
+            pack, total = [], 0
+        key = k
+        pack.append(digest)
+        total += length
+        if total >= TARGET and _chance(digest) < length / TARGET:
+            yield pack
+            pack, total = [], 0
+    if pack:
+        yield pack
+
+
+def build(frames: list[tuple[str, bytes, int, str]]) -> tuple[bytes, bytes]:
+    """(pack bytes, index bytes) of (digest, stored bytes, size, codec) in the given order."""
+    out, index, offset = [], [], 0
+    for digest, stored, size, codec in frames:
+        index.append(Frame(digest, offset, len(stored), size, codec))
+        out.append(stored)
+        offset += len(stored)
+    return b"".join(out), PackIndex(tuple(index)).encode()
