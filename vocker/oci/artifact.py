@@ -31,6 +31,7 @@ from ..progress import NullReporter, Reporter
 from ..store import Store
 from ..tree import MAX_DEPTH, MAX_ENTRIES, Entry, Kind, Tree
 from . import media, packs
+from .http import RangeIgnored
 from .remote import Remote, fetch_blob, retrying
 
 TREES_VERSION = 1
@@ -453,20 +454,24 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
 def _frames(remote: Remote, pack_desc: dict[str, Any], frames: list[packs.Frame],
             result: Transfer) -> list[tuple[packs.Frame, bytes, bytes]]:
     """(frame, stored bytes, content) of the wanted frames, each checked: the whole pack
-    (checked against its digest) when most of it is wanted, else single Range reads."""
-    wanted = sum(f.length for f in frames)
-    if wanted >= pack_desc["size"] * RANGE_SHARE:
-        pack = fetch_blob(remote, pack_desc["digest"], pack_desc["size"])
+    (checked against its digest) when most of it is wanted or the server ignores Range, else
+    one single-range GET per run of neighbouring frames."""
+    def whole(pack: bytes | None = None) -> list[tuple[packs.Frame, bytes, bytes]]:
+        if pack is None or len(pack) != pack_desc["size"] or digest_bytes(pack) != pack_desc["digest"]:
+            pack = fetch_blob(remote, pack_desc["digest"], pack_desc["size"])
         result.count(True, len(pack))
         return [(f, pack[f.offset:f.offset + f.length], packs.content_of(f, pack[f.offset:f.offset + f.length]))
                 for f in frames]
-    out = []
+
+    if sum(f.length for f in frames) >= pack_desc["size"] * RANGE_SHARE:
+        return whole()
     runs: list[list[packs.Frame]] = []
     for f in frames:  # frames are in offset order: neighbours share a range
         if runs and f.offset - (runs[-1][-1].offset + runs[-1][-1].length) <= RANGE_GAP:
             runs[-1].append(f)
         else:
             runs.append([f])
+    out = []
     for run in runs:
         start, end = run[0].offset, run[-1].offset + run[-1].length
 
@@ -475,6 +480,9 @@ def _frames(remote: Remote, pack_desc: dict[str, Any], frames: list[packs.Frame]
             return [(f, data[f.offset - start:f.offset - start + f.length],
                      packs.content_of(f, data[f.offset - start:f.offset - start + f.length])) for f in run]
 
-        out += retrying(f"pack {pack_desc['digest']}", get)
+        try:
+            out += retrying(f"pack {pack_desc['digest']}", get)
+        except RangeIgnored as full:
+            return whole(full.body)
         result.count(True, end - start)
     return out

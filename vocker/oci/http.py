@@ -134,16 +134,35 @@ def _read_body(resp: http.client.HTTPResponse, max_body: int) -> bytes | None:
 
 
 def ranged(client: Client, url: str, start: int, end: int, auth: Mapping[str, str] | None = None) -> bytes:
-    """Bytes [start, end) of a resource: one single-range GET; a server that ignores Range
-    answers 200 with all of it, which is sliced (both are checked by the caller's digests)."""
-    r = client.request("GET", url, {"Range": f"bytes={start}-{end - 1}"}, auth=auth)
+    """Bytes [start, end) of a resource: one single-range GET (never multi-range: S3 and many
+    CDNs refuse those); a server that ignores Range answers 200 with all of it: RangeIgnored."""
+    return range_body(client.request("GET", url, range_header(start, end), auth=auth), url, start, end)
+
+
+def range_header(start: int, end: int) -> dict[str, str]:
+    return {"Range": f"bytes={start}-{end - 1}"}
+
+
+def range_body(r: Response, url: str, start: int, end: int) -> bytes:
+    """What a single-range GET answered: the range (206), RangeIgnored (200: the whole), or an error."""
+    if r.status == 404:
+        raise TransferError(f"{url} is missing on the server")
     if r.status == 206:
         if len(r.body) != end - start:
             raise TransferError(f"short range from {url}", transient=True)
         return r.body
     if r.status == 200:
-        return r.body[start:end]
+        raise RangeIgnored(r.body)
     raise status_error(r, url)
+
+
+class RangeIgnored(Exception):
+    """The server answered a Range request with the whole resource (``body``): the caller checks
+    it whole and takes every range it wants from it, rather than ask again for each."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__("range ignored")
+        self.body = body
 
 
 def status_error(r: Response, what: str) -> TransferError:

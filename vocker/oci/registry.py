@@ -19,7 +19,7 @@ import attrs
 from ..digest import is_digest
 from ..errors import UsageError
 from . import auth, media
-from .http import Client, ranged, status_error
+from .http import Client, range_body, range_header, ranged, status_error
 from .layout import LayoutDir, find_in_index, parse_index
 from .remote import Remote, TransferError
 
@@ -82,8 +82,8 @@ class Registry:
         return r.body
 
     def get_range(self, digest: str, start: int, end: int) -> bytes:
-        self.has_blob(digest)  # sets up auth before the ranged request
-        return ranged(self.client, self.url(f"blobs/{digest}"), start, end, self._auth)
+        url = self.url(f"blobs/{digest}")
+        return range_body(self._request("GET", url, range_header(start, end)), url, start, end)
 
     def mount_blob(self, digest: str) -> bool:
         if self.mount_from is None or self.mount_from == self.repo:
