@@ -95,7 +95,7 @@ def registry_blobs(server: Server) -> dict[str, int]:
     return {f"sha256:{p.parent.name}": p.stat().st_size for p in root.glob("*/*/data")} if root.exists() else {}
 
 
-def start_nginx(base: Path, served: Path) -> Server:
+def start_nginx(base: Path, served: Path, extra: str = "") -> Server:
     port = free_port()
     base.mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -106,7 +106,7 @@ def start_nginx(base: Path, served: Path) -> Server:
         f"  access_log {base}/access.log;\n"
         f"  client_body_temp_path {base}/body; proxy_temp_path {base}/proxy; fastcgi_temp_path {base}/fcgi;\n"
         f"  uwsgi_temp_path {base}/uwsgi; scgi_temp_path {base}/scgi;\n"
-        f"  server {{ listen 127.0.0.1:{port}; root {served}; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {served}; {extra} }}\n"
         "}\n")
     proc = subprocess.Popen([NGINX, "-c", str(base / "nginx.conf"), "-p", str(base), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "ab"))
@@ -130,3 +130,81 @@ def start_http_server(served: Path) -> Server:
         server.kill()
         raise
     return server
+
+
+class TokenServer:
+    """A docker-style token service (the bearer-token flow) for a registry started with
+    ``token_auth(...)``: checks Basic credentials, answers RS256 JWTs signed with openssl,
+    carrying the signing certificate (``x5c``) that the registry trusts."""
+
+    def __init__(self, base: Path, users: dict[str, str]) -> None:
+        import base64
+        import http.server
+        import json
+        import threading
+
+        base.mkdir(parents=True, exist_ok=True)
+        self.key, self.cert = base / "key.pem", base / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                        "-out", self.cert, "-days", "2", "-subj", "/CN=vocker-test-token"], check=True,
+                       capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        x5c = base64.b64encode(der).decode()
+        self.port = free_port()
+        self.requests: list[str] = []
+        key, outer = self.key, self
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                import urllib.parse
+
+                outer.requests.append(self.path)
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                given = self.headers.get("Authorization", "")
+                user = None
+                if given.startswith("Basic "):
+                    name, _, password = base64.b64decode(given[6:]).decode().partition(":")
+                    if users.get(name) != password:
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    user = name
+                access = []
+                for scope in query.get("scope", []):
+                    kind, name, actions = scope.split(":")
+                    allowed = [a for a in actions.split(",") if user is not None]  # anonymous: nothing
+                    access.append({"type": kind, "name": name, "actions": allowed})
+                now = int(time.time())
+                header = b64(json.dumps({"typ": "JWT", "alg": "RS256", "x5c": [x5c]}).encode())
+                claims = b64(json.dumps({"iss": "vocker-test", "sub": user or "", "aud": "vocker-registry",
+                                         "exp": now + 300, "nbf": now - 10, "iat": now, "jti": str(now) + str(id(self)),
+                                         "access": access}).encode())
+                signed = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)],
+                                        input=f"{header}.{claims}".encode(), capture_output=True, check=True).stdout
+                body = json.dumps({"token": f"{header}.{claims}.{b64(signed)}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def registry_auth(self) -> str:
+        """The ``auth:`` section of a registry config that trusts this service."""
+        return ("auth:\n  token:\n"
+                f"    realm: http://127.0.0.1:{self.port}/token\n    service: vocker-registry\n"
+                f"    issuer: vocker-test\n    rootcertbundle: {self.cert}\n")
+
+    def kill(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -246,7 +246,9 @@ def test_pull_from_a_static_server_with_and_without_range(tmp_path, vocker, othe
     vocker("push", "big:v1", f"{layout}:v1")
     vocker("push", "big:v2", f"{layout}:v2")
     assert vocker("tags", layout).stdout.split() == ["v1", "v2"]
-    srv = start_nginx(tmp_path / "nginx", tmp_path / "site") if server == "nginx" else start_http_server(tmp_path / "site")
+    srv = start_nginx(tmp_path / "nginx", tmp_path / "site",  # /moved/ redirects, as blob storage does
+                      "location /moved/ { rewrite ^/moved/(.*)$ /repo/$1 redirect; }") \
+        if server == "nginx" else start_http_server(tmp_path / "site")
     servers.append(srv)
     url = f"http://{srv.address}/repo"
     other("pull", f"{url}:v1")
@@ -258,6 +260,9 @@ def test_pull_from_a_static_server_with_and_without_range(tmp_path, vocker, othe
     other("verify")
     if server == "nginx":
         assert " 206 " in srv.log.read_text()  # type: ignore[union-attr]
+        other("pull", f"http://{srv.address}/moved:v1", "-t", "redirected")
+        assert image_id(other, "redirected") == image_id(vocker, "big:v1")
+        assert " 302 " in srv.log.read_text()  # type: ignore[union-attr]
     other("pull", f"file://{layout}:v2", "-t", "again")
     assert image_id(other, "again") == image_id(vocker, "big:v2")
 
@@ -324,3 +329,55 @@ def test_hostile_remote_content_is_refused_in_one_line(tmp_path, vocker, other, 
     _rewrite(layout, media_type, change)
     assert_one_line_error(other("pull", layout, check=False), *words)
     assert_nothing_recorded(other)
+
+
+def test_token_auth_registry_login_then_push_and_pull(tmp_path, make_venv, vocker, other, servers,
+                                                      monkeypatch) -> None:
+    from servers import TokenServer
+
+    tokens = TokenServer(tmp_path / "tokens", {"alice": "s3cret"})
+    servers.append(tokens)
+    reg = start_registry(tmp_path / "registry", auth=tokens.registry_auth())
+    servers.append(reg)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    env = make_venv(tmp_path / "env")
+    vocker("image", "import", env, "-t", "app")
+    ref = f"{reg.address}/team/app:v1"
+    assert_one_line_error(vocker("push", "app", ref, check=False), "refused access")
+    assert_one_line_error(vocker("login", reg.address, "-u", "alice", "--password-stdin", input="wrong\n",
+                                 check=False), "refused the credentials")
+    assert not (tmp_path / "docker" / "config.json").exists()
+    assert "Login succeeded" in vocker("login", reg.address, "-u", "alice", "--password-stdin", input="s3cret\n").stdout
+    config = tmp_path / "docker" / "config.json"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert reg.address in json.loads(config.read_text())["auths"]
+    vocker("push", "app", ref)
+    assert any("scope=repository%3Ateam%2Fapp%3Apull%2Cpush" in r for r in tokens.requests)
+    other("pull", ref)  # the same docker config: the credentials vocker login kept
+    assert image_id(other, "team/app:v1") == image_id(vocker, "app")
+
+
+def test_ctrl_c_during_a_pull_keeps_the_store_consistent_and_the_pull_resumes(tmp_path, vocker, other,
+                                                                              servers) -> None:
+    import signal
+
+    reg = start_registry(tmp_path / "registry")
+    servers.append(reg)
+    vocker("image", "import", packages_tree(tmp_path / "t", count=60), "-t", "t")
+    ref = f"{reg.address}/t"
+    vocker("push", "t", ref)
+    pull = subprocess.Popen([other.exe, "pull", "-j", "1", ref], env={**os.environ, "VOCKER_HOME": str(other.home)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while pull.poll() is None and sum(1 for _ in (other.home / "blobs").rglob("*") if _.is_file()) < 10:
+        time.sleep(0.01)
+    pull.send_signal(signal.SIGINT)
+    _, stderr = pull.communicate(timeout=60)
+    assert pull.returncode == 130, stderr
+    assert stderr.splitlines() == ["vocker: interrupted; the file contents fetched so far are kept "
+                                   f"({stderr.split('(')[1].split(')')[0]}); pull again to resume"], stderr
+    assert other("image", "ls", "-q").stdout.split() == []
+    other("verify")
+    assert not [p for p in (other.home / "tmp").iterdir() if p.is_file()]
+    done = other("pull", ref).stdout
+    assert int(done.split("skipped ")[1].split()[0]) > 0, done
+    assert image_id(other, "t:latest") == image_id(vocker, "t")

@@ -429,10 +429,19 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
                 raise
             with store.write() as conn:
                 store.record_staged(conn, staged)
+            kept.append(pack_desc["digest"])
 
+        def recorded() -> str | None:
+            if store.has_image(image.image_id):
+                return f"image {tag + ' ' if tag else ''}{image.image_id} is recorded"
+            if kept:
+                return f"the file contents fetched so far are kept ({len(kept)} packs); pull again to resume"
+            return None
+
+        kept: list[str] = []
+        recording.check = recorded
         try:
             pmap(fetch, wanted_packs, workers)
-            recording.check = lambda: f"image {image.image_id} is recorded" if store.has_image(image.image_id) else None
             store.blobs.commit(staged_all)
         except BaseException:
             store.blobs.discard(staged_all)
