@@ -381,3 +381,21 @@ def test_ctrl_c_during_a_pull_keeps_the_store_consistent_and_the_pull_resumes(tm
     done = other("pull", ref).stdout
     assert int(done.split("skipped ")[1].split()[0]) > 0, done
     assert image_id(other, "t:latest") == image_id(vocker, "t")
+
+
+def test_layer_export_is_a_standard_tarball_that_tar_reads(tmp_path, make_venv, vocker) -> None:
+    env = make_venv(tmp_path / "env", packages=("alpha==1.0", "gamma"))
+    vocker("image", "import", env, "-t", "app")
+    vocker("layer", "export", "app", "-o", tmp_path / "layer.tar", "--prefix", "/opt/app")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", tmp_path / "layer.tar", "-C", out], check=True)
+    site = next((out / "opt" / "app" / "lib").glob("python3*/site-packages"))
+    assert (site / "gamma" / "data" / "info.txt").read_bytes() == \
+        next((env / "lib").glob("python3*/site-packages/gamma/data/info.txt")).read_bytes()
+    script = (out / "opt" / "app" / "bin" / "alpha-cli").read_text()
+    assert script.startswith("#!/opt/app/bin/python") and os.access(out / "opt" / "app" / "bin" / "alpha-cli", os.X_OK)
+    again = tmp_path / "again.tar"
+    subprocess.run(f"{vocker.exe} layer export app --prefix /opt/app -o - > {again}", shell=True, check=True,
+                   env={**os.environ, "VOCKER_HOME": str(vocker.home)})
+    assert again.read_bytes() == (tmp_path / "layer.tar").read_bytes()

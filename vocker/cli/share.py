@@ -236,3 +236,35 @@ def tags_cmd(ref: str, insecure: bool, fmt: str) -> None:
     else:
         for t in tags:
             click.echo(t)
+
+
+@cli.group("layer")
+def layer_group() -> None:
+    """Work with an image's layers."""
+
+
+@layer_group.command("export")
+@click.argument("image_ref", metavar="IMAGE")
+@click.option("-o", "--output", metavar="FILE", required=True, help="The tarball to write ('-': stdout).")
+@click.option("--layer", "index", type=int, default=-1, show_default="the top one",
+              help="Which layer: 0 is the lowest, -1 the top.")
+@click.option("--prefix", default="/opt/venv", show_default=True,
+              help="Where the layer's files go in the tarball; templates are rendered for it.")
+def layer_export(image_ref: str, output: str, index: int, prefix: str) -> None:
+    """Write one layer as a standard OCI layer tarball (whiteouts as .wh. files) that podman,
+    buildah or tar read. Only the layer's own files: no venv scaffolding, no bytecode."""
+    from ..oci.layertar import write_layer
+
+    store = open_store()
+    image_id = store.resolve(image_ref)
+    layers = store.manifest(image_id).layers
+    if not -len(layers) <= index < len(layers):
+        raise UsageError(f"image {image_ref} has {len(layers)} layer{'s' if len(layers) != 1 else ''}; "
+                         f"no layer {index}")
+    if not prefix.startswith("/") or any(p in ("..", ".") for p in prefix.split("/")):
+        raise UsageError(f"--prefix must be an absolute path without '.' or '..': {prefix!r}")
+    with store.lock_shared(), _output(output) as stream:
+        entries, size = write_layer(store, layers[index], stream, prefix, int(store.image(image_id).created))
+    where = "stdout" if output == "-" else output
+    err.print(f"Exported layer {layers[index]} of {image_ref} to {where}: {entries} entries, "
+              f"{human_size(size)} under {prefix}", markup=False)
