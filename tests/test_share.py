@@ -373,8 +373,8 @@ def test_ctrl_c_during_a_pull_keeps_the_store_consistent_and_the_pull_resumes(tm
     pull.send_signal(signal.SIGINT)
     _, stderr = pull.communicate(timeout=60)
     assert pull.returncode == 130, stderr
-    assert stderr.splitlines() == ["vocker: interrupted; the file contents fetched so far are kept "
-                                   f"({stderr.split('(')[1].split(')')[0]}); pull again to resume"], stderr
+    assert stderr.splitlines() == ["vocker: interrupted; the file contents fetched so far are kept; "
+                                   "pull again to resume"], stderr
     assert other("image", "ls", "-q").stdout.split() == []
     other("verify")
     assert not [p for p in (other.home / "tmp").iterdir() if p.is_file()]

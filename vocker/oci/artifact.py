@@ -41,6 +41,8 @@ LAYERS_MAX = 10_000
 TREES_MAX = 512 << 20  # decompressed trees blob
 #: Fetch only the needed frames of a pack (Range) when they are less than this share of it.
 RANGE_SHARE = 0.5
+#: A pull makes fetched contents durable and records them in batches of this many content bytes.
+COMMIT_BATCH = 16 << 20
 #: Needed frames closer than this are fetched in one range.
 RANGE_GAP = 64 << 10
 
@@ -413,29 +415,42 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
                                  f"e.g. {sorted(lost)[0]}")
         reporter.begin(f"Pulling {ref}", sum(sum(f.length for f in fr) for _, fr in wanted_packs))
 
+        pending = [0]  # content bytes staged in staged_all since the last commit
+
         def fetch(item: tuple[dict[str, Any], list[packs.Frame]]) -> None:
             pack_desc, frames = item
-            staged = [store.blobs.stage_stored(f.digest, stored, f.codec, data)
-                      for f, stored, data in _frames(remote, pack_desc, frames, result)]
-            reporter.advance(sum(f.length for f in frames))
-            if all_or_nothing:
-                with lock:
-                    staged_all.extend(staged)
-                return
+            checked = _frames(remote, pack_desc, frames, result)  # every frame checked before any is staged
+            staged: list[Staged] = []
             try:
-                store.blobs.commit(staged)
+                for f, stored, data in checked:
+                    staged.append(store.blobs.stage_stored(f.digest, stored, f.codec, data))
             except BaseException:
                 store.blobs.discard(staged)
                 raise
+            reporter.advance(sum(f.length for f in frames))
+            with lock:
+                staged_all.extend(staged)
+                pending[0] += sum(f.size for f in frames)
+                if all_or_nothing or pending[0] < COMMIT_BATCH:
+                    return
+                batch = staged_all[:]
+                del staged_all[:]
+                pending[0] = 0
+            # Durable and recorded a batch at a time (one syncfs each): an interrupted pull keeps them
+            try:
+                store.blobs.commit(batch)
+            except BaseException:
+                store.blobs.discard(batch)
+                raise
             with store.write() as conn:
-                store.record_staged(conn, staged)
+                store.record_staged(conn, batch)
             kept.append(pack_desc["digest"])
 
         def recorded() -> str | None:
             if store.has_image(image.image_id):
                 return f"image {tag + ' ' if tag else ''}{image.image_id} is recorded"
             if kept:
-                return f"the file contents fetched so far are kept ({len(kept)} packs); pull again to resume"
+                return "the file contents fetched so far are kept; pull again to resume"
             return None
 
         kept: list[str] = []

@@ -26,10 +26,15 @@ from ..digest import check_digest, digest_bytes
 from ..errors import FormatError, IntegrityError
 
 INDEX_VERSION = 1
-#: Packs average about TARGET bytes, never cut below MIN (unless a file alone passes MAX).
-TARGET = 4 << 20
-MIN = 1 << 20
-MAX = 16 << 20
+#: A pack is cut where a package begins once it holds MIN bytes (at half of those places, by a
+#: hash of the package's name), inside a package once it holds TARGET, and always before MAX
+#: (unless one file is larger). About 1-2 MiB: a registry takes a blob in a few ms, and an
+#: image that differs in one package then re-sends a few MiB, not a tenth of a venv.
+MIN = 512 << 10
+TARGET = 2 << 20
+MAX = 8 << 20
+#: The share of package starts where a pack that holds MIN bytes is cut.
+CUT_CHANCE = 0.5
 CODECS = (RAW, ZSTD, ZSTD_SEEKABLE)
 #: A frame may not claim to expand more than this ratio (plus a margin): a zstd bomb is refused.
 MAX_RATIO = 4096
@@ -136,16 +141,16 @@ def group_key(path: tuple[str, ...]) -> str:
 def group(files: Iterable[tuple[str, str, int]]) -> Iterator[list[str]]:
     """Cut (group key, digest, stored length) in path order into packs of digests.
 
-    Cuts fall where a package begins, chosen by a hash of its *name* (so a new version of a
-    package keeps the cuts around it: only the packs holding it change), once a pack holds MIN
-    bytes; a package larger than TARGET is cut inside by a hash of its files' digests; no pack
-    passes MAX unless one file does.
+    A cut depends on the pack's size only through MIN, TARGET and MAX, otherwise on the names
+    of packages and the digests of files: after a changed package, the first package start
+    chosen by its name where both versions hold MIN bytes is a cut in both, and every pack
+    from there on is the same. A package larger than TARGET is cut inside by its files' digests.
     """
     pack: list[str] = []
     total = 0
     key = None
     for k, digest, length in files:
-        if pack and (total + length > MAX or (k != key and total >= MIN and _chance(k) < total / TARGET)):
+        if pack and (total + length > MAX or (k != key and total >= MIN and _chance(k) < CUT_CHANCE)):
             yield pack
             pack, total = [], 0
         key = k
