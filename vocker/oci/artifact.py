@@ -41,8 +41,9 @@ LAYERS_MAX = 10_000
 TREES_MAX = 512 << 20  # decompressed trees blob
 #: Fetch only the needed frames of a pack (Range) when they are less than this share of it.
 RANGE_SHARE = 0.5
-#: A pull makes fetched contents durable and records them in batches of this many content bytes.
-COMMIT_BATCH = 16 << 20
+#: A pull makes what it fetched durable and records it at most this often (seconds): one syncfs
+#: per batch, and an interrupted pull loses at most this much work.
+COMMIT_EVERY = 1.0
 #: Needed frames closer than this are fetched in one range.
 RANGE_GAP = 64 << 10
 
@@ -415,7 +416,7 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
                                  f"e.g. {sorted(lost)[0]}")
         reporter.begin(f"Pulling {ref}", sum(sum(f.length for f in fr) for _, fr in wanted_packs))
 
-        pending = [0]  # content bytes staged in staged_all since the last commit
+        last_commit = [float("-inf")]  # the first pack is kept at once, later ones once a second
 
         def fetch(item: tuple[dict[str, Any], list[packs.Frame]]) -> None:
             pack_desc, frames = item
@@ -430,12 +431,11 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
             reporter.advance(sum(f.length for f in frames))
             with lock:
                 staged_all.extend(staged)
-                pending[0] += sum(f.size for f in frames)
-                if all_or_nothing or pending[0] < COMMIT_BATCH:
+                if all_or_nothing or time.monotonic() - last_commit[0] < COMMIT_EVERY:
                     return
                 batch = staged_all[:]
                 del staged_all[:]
-                pending[0] = 0
+                last_commit[0] = time.monotonic()
             # Durable and recorded a batch at a time (one syncfs each): an interrupted pull keeps them
             try:
                 store.blobs.commit(batch)
@@ -444,16 +444,14 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
                 raise
             with store.write() as conn:
                 store.record_staged(conn, batch)
-            kept.append(pack_desc["digest"])
 
         def recorded() -> str | None:
             if store.has_image(image.image_id):
                 return f"image {tag + ' ' if tag else ''}{image.image_id} is recorded"
-            if kept:
+            if store.blob_infos(missing):  # asked after the fact: a commit may have just happened
                 return "the file contents fetched so far are kept; pull again to resume"
             return None
 
-        kept: list[str] = []
         recording.check = recorded
         try:
             pmap(fetch, wanted_packs, workers)
