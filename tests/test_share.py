@@ -167,6 +167,10 @@ def test_push_pull_through_a_registry_and_a_second_push_sends_nothing(tmp_path, 
     assert pulled.startswith(f"Pulled {ref} as team/app:v1: fetched ")
     assert image_id(other, "team/app:v1") == image_id(vocker, "app:v1")
     other("verify")
+    # pushed to another repository of the registry it came from: mounted there, nothing sent
+    # (a HEAD in the new repository answers 404 for blobs linked only to team/app)
+    copied = other("push", "team/app:v1", f"{reg.address}/team/copy:v1").stdout
+    assert ": sent 0 blobs (0 B), skipped " in copied, copied
     # the registry holds an ordinary OCI artifact manifest
     import urllib.request
 
@@ -332,7 +336,16 @@ def _outside_index(data: bytes) -> bytes:
     return cbor2.dumps(doc, canonical=True)
 
 
+def _huge_size(data: bytes) -> bytes:
+    import cbor2
+
+    doc = cbor2.loads(data)
+    doc["e"][0][3] = 1 << 40  # a frame claiming a terabyte
+    return cbor2.dumps(doc, canonical=True)
+
+
 @pytest.mark.parametrize("media_type,change,words", [
+    ("application/vnd.vocker.pack.index.v1+cbor", _huge_size, ("implausible size",)),
     ("application/vnd.vocker.trees.v1+cbor+zstd", _dotdot_tree, ("invalid name", "'..'")),
     ("application/vnd.vocker.pack.index.v1+cbor", _outside_index, ("outside its pack",)),
 ])
