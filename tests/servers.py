@@ -3,6 +3,7 @@ Range), python -m http.server (ignores Range). Each is a process of its own, sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,13 +60,15 @@ class Server:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL to its whole process group (each server runs in a session of its own): nginx's
+        workers would outlive their master otherwise."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def start_registry(base: Path, port: int | None = None, auth: str = "") -> Server:
@@ -79,7 +82,8 @@ def start_registry(base: Path, port: int | None = None, auth: str = "") -> Serve
         f"storage:\n  filesystem: {{rootdirectory: {base / 'data'}}}\n  delete: {{enabled: true}}\n"
         "  cache: {blobdescriptor: inmemory}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n" + auth)
-    proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=open(base / "log", "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=open(base / "log", "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     server = Server(proc, port, base / "data")
     try:
         _wait_http(f"http://127.0.0.1:{port}/v2/", proc)
@@ -109,7 +113,8 @@ def start_nginx(base: Path, served: Path, extra: str = "") -> Server:
         f"  server {{ listen 127.0.0.1:{port}; root {served}; {extra} }}\n"
         "}\n")
     proc = subprocess.Popen([NGINX, "-c", str(base / "nginx.conf"), "-p", str(base), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "ab"))
+                            stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "ab"),
+                            start_new_session=True)
     server = Server(proc, port, served, signal.SIGQUIT, base / "access.log")
     try:
         _wait_http(f"http://127.0.0.1:{port}/", proc)
@@ -122,7 +127,8 @@ def start_nginx(base: Path, served: Path, extra: str = "") -> Server:
 def start_http_server(served: Path) -> Server:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-                             "--directory", str(served)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--directory", str(served)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     server = Server(proc, port, served)
     try:
         _wait_http(f"http://127.0.0.1:{port}/", proc)
@@ -205,6 +211,8 @@ class TokenServer:
                 f"    realm: http://127.0.0.1:{self.port}/token\n    service: vocker-registry\n"
                 f"    issuer: vocker-test\n    rootcertbundle: {self.cert}\n")
 
-    def kill(self) -> None:
+    def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    kill = stop

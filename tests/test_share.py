@@ -27,7 +27,12 @@ def servers():  # type: ignore[no-untyped-def]
     started: list = []
     yield started
     for s in started:
-        s.kill()
+        s.stop()
+    for s in started:  # nothing of theirs is left (nginx's workers outlive a killed master)
+        pid = getattr(s, "proc", None) and s.proc.pid
+        if pid:
+            left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+            assert not left, f"server processes left: {left}"
 
 
 @pytest.fixture
