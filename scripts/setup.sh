@@ -8,8 +8,8 @@
 
 set -euo pipefail
 
-# System packages needed by the project (FUSE back-end).
-APT_PACKAGES=(fuse3 libfuse3-3)
+# System packages needed by the project (FUSE back-end; docker-registry and nginx: servers the sharing tests start on 127.0.0.1).
+APT_PACKAGES=(fuse3 libfuse3-3 docker-registry nginx)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VOCKER_REPO_ROOT="$(pwd -P)"

@@ -163,6 +163,14 @@ class BlobFiles:
         # them, and a reader would otherwise first hash the whole blob with sha256.
         return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(payload), codec), chunk_digests_of(data))
 
+    def stage_stored(self, digest: str, stored: bytes, codec: str, data: bytes) -> Staged:
+        """Stage bytes already encoded as ``codec`` (a pack frame received from elsewhere),
+        whose decoding ``data`` the caller has checked against ``digest``: no recompression."""
+        tmp = os.path.join(self.tmp_dir, f"{hex_of(digest)[:16]}.{os.getpid()}.{next(_counter)}")
+        with _new_file(tmp) as f:
+            f.write(stored)
+        return Staged(tmp, str(self.path(digest)), BlobInfo(digest, len(data), len(stored), codec), chunk_digests_of(data))
+
     def stage_stream(self, pieces: Callable[[], Iterable[bytes]]) -> Staged:
         """Stage content too large to hold in memory, given as pieces of any size.
 

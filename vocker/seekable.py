@@ -41,10 +41,18 @@ class SeekTable:
 
     @classmethod
     def read(cls, fd: int) -> SeekTable:
-        file_size = os.fstat(fd).st_size
+        return cls._parse(os.fstat(fd).st_size, lambda n, offset: os.pread(fd, n, offset))
+
+    @classmethod
+    def of_bytes(cls, data: bytes | memoryview) -> SeekTable:
+        """The seek table of a seekable blob held in memory (one received in a pack)."""
+        return cls._parse(len(data), lambda n, offset: bytes(data[offset:offset + n]))
+
+    @classmethod
+    def _parse(cls, file_size: int, pread) -> SeekTable:  # type: ignore[no-untyped-def]
         if file_size < HEADER_SIZE + FOOTER_SIZE:
             raise SeekTableError("too short for a seek table")
-        footer = os.pread(fd, FOOTER_SIZE, file_size - FOOTER_SIZE)
+        footer = pread(FOOTER_SIZE, file_size - FOOTER_SIZE)
         frames = int.from_bytes(footer[:4], "little")
         descriptor = footer[4]
         if int.from_bytes(footer[5:], "little") != SEEKABLE_MAGIC or descriptor & 0x7C:
@@ -54,7 +62,7 @@ class SeekTable:
         table_start = file_size - FOOTER_SIZE - table_size
         if table_start - HEADER_SIZE < 0:
             raise SeekTableError("more frames than the file can hold")
-        raw = os.pread(fd, HEADER_SIZE + table_size, table_start - HEADER_SIZE)
+        raw = pread(HEADER_SIZE + table_size, table_start - HEADER_SIZE)
         if len(raw) != HEADER_SIZE + table_size or int.from_bytes(raw[:4], "little") != SKIPPABLE_MAGIC \
                 or int.from_bytes(raw[4:8], "little") != table_size + FOOTER_SIZE:
             raise SeekTableError("bad seek table header")

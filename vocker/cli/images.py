@@ -92,9 +92,23 @@ cli.add_command(image_ls, "images")
 
 @image.command("inspect")
 @click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
-def image_inspect(image_ref: str) -> None:
-    """Show an image's manifest, provenance and installed distributions as JSON."""
+@click.option("--insecure", is_flag=True, help="A remote registry: speak plain HTTP (always so for localhost).")
+def image_inspect(image_ref: str, insecure: bool) -> None:
+    """Show an image's manifest, provenance and installed distributions as JSON.
+
+    IMAGE may also be a remote reference (HOST[:PORT]/NAME[:TAG], a layout directory, a URL):
+    its manifest is read without pulling the image.
+    """
+    from ..oci.registry import is_remote_ref
+
     store = open_store()
+    if is_remote_ref(image_ref):
+        from ..oci.artifact import inspect
+        from ..oci.registry import locate
+
+        doc = inspect(*locate(image_ref, insecure=insecure))
+        out.print_json(json.dumps(doc)) if out.is_terminal else print_json(doc)
+        return
     image_id = store.resolve(image_ref)
     record = store.image(image_id)
     doc: dict[str, Any] = {
