@@ -209,6 +209,25 @@ def test_container_diff_and_whiteouts_survive_a_fresh_commit(base: Path, vocker,
         assert (tmp_path / "m2" / "added.txt").read_text() == "x\n"
     finally:
         vocker("unmount", tmp_path / "m2")
+    # the committed layer as a standard OCI layer tarball: deletions as OCI whiteouts
+    vocker("layer", "export", "d2", "-o", tmp_path / "top.tar")
+    names = subprocess.run(["tar", "-tf", tmp_path / "top.tar"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    assert "opt/venv/.wh.notes.txt" in names and f"opt/venv/{SITE}/gamma/.wh..wh..opq" in names, names
+    assert f"opt/venv/{SITE}/gamma/only.txt" in names and "opt/venv/added.txt" in names
+
+
+def test_a_layered_image_travels_as_layers_through_save_and_load(derived: str, vocker, tmp_path: Path) -> None:
+    """save/load keeps the layers and the ID; the loaded image exports the same tree."""
+    vocker("save", derived, "-o", tmp_path / "d.tar")
+    env = {"VOCKER_HOME": str(tmp_path / "other-home")}
+    vocker("load", "-i", tmp_path / "d.tar", env=env)
+    assert json.loads(vocker("image", "inspect", derived, env=env).stdout)["id"] == _id(vocker, derived)
+    history = json.loads(vocker("image", "history", derived, "--format", "json", env=env).stdout)
+    assert len(history) == 2
+    vocker("export", "--audit", derived, tmp_path / "here")
+    vocker("export", "--audit", derived, tmp_path / "there", env=env)
+    assert snapshot(tmp_path / "here") == snapshot(tmp_path / "there")
 
 
 def test_commit_of_a_mounted_container_while_a_process_writes(base: Path, vocker, tmp_path: Path) -> None:
