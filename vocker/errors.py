@@ -36,5 +36,10 @@ class MissingObjectError(IntegrityError):
     """An object the image needs is not in the store."""
 
 
+class FuseUnavailableError(VockerError):
+    """This machine or user cannot make FUSE mounts (the message says why and how to fix it);
+    exports still work."""
+
+
 class NoInterpreterError(VockerError):
     """No host Python matches the one the image was built with."""
