@@ -24,6 +24,17 @@ class CommandNotRunError(VockerError):
         self.exit_code = 127 if not_found else 126
 
 
+class BuildError(VockerError):
+    """Resolution, installation or the build's test failed; nothing was tagged.
+
+    ``details`` holds the installer's whole error output (the message is its gist).
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class FormatError(VockerError):
     """Stored or received data is not valid vocker format (corrupt CBOR, bad names, ...)."""
 
