@@ -293,3 +293,24 @@ def test_pip_is_seeded_unless_no_seed(build, tmp_path: Path) -> None:
     assert not list((tmp_path / "bare").glob("lib/python*/site-packages/pip"))
     assert "cached" in build("build", "alpha", *build.index, "-t", "bare", "--no-seed").stdout
     assert "cached" in build("build", "alpha", *build.index, "-t", "seeded").stdout
+
+
+def test_interpreters_are_found_by_uv(vocker, uv_env, wheels_dir: Path, project: Path, tmp_path: Path) -> None:
+    """A Python only uv's search finds: on PATH as plain `python3`, with no pythonX.Y name and no pyenv tree."""
+    import sys
+
+    mine = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    others = sorted((p for p in Path.home().glob(".pyenv/versions/3.*/bin/python3.*")
+                     if p.name.removeprefix("python3.").isdigit() and p.name != mine),
+                    key=lambda p: int(p.name.removeprefix("python3.")))
+    if not others:
+        pytest.skip("no second CPython 3.x on this machine")
+    other = others[-1]
+    bindir = tmp_path / "elsewhere"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(other)
+    minor = other.name.removeprefix("python")
+    env = dict(uv_env, PATH=f"{bindir}:{Path(sys.executable).parent}:/usr/bin:/bin", HOME=str(tmp_path / "home"))
+    vocker("build", "alpha", "--no-index", "--find-links", wheels_dir, "--python", minor, "--lock-only",
+           "--lock", "x.lock", env=env, cwd=project)
+    assert f"python=cpython-{minor}." in (project / "x.lock").read_text().splitlines()[0]
