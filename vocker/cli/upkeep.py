@@ -47,8 +47,8 @@ def gc_cmd() -> None:
 def df_cmd() -> None:
     """Show space used: logical vs stored size, dedup and compression ratios.
 
-    Stored size includes the metadata database (small files live inline in it); the
-    compression ratio is that of the blob files alone.
+    Stored size includes the metadata database (small files live inline in it) and the
+    bytecode cache; the compression ratio is that of the images' blob files alone.
     """
     from ..maintenance import usage
 
@@ -60,7 +60,7 @@ def df_cmd() -> None:
     for label, value in (("store", str(store.root)), ("images", str(u.images)), ("files", str(u.files)),
                          ("logical size", human_size(u.logical)), ("unique content", human_size(u.unique)),
                          ("stored on disk", human_size(u.stored)), ("  metadata database", human_size(u.database)),
-                         ("bytecode cache", human_size(u.cache)),
+                         ("  bytecode cache", human_size(u.cache)),
                          ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
                          ("compression ratio", f"{u.compression_ratio:.2f}x")):
         table.add_row(label, value)
