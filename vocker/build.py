@@ -265,8 +265,8 @@ def build_record(store: Store, image_id: str) -> dict[str, object] | None:
     return {"key": row[0], "lock": row[1], **json.loads(row[2])}
 
 
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
         raise BuildError(f"{what}: {'; '.join(lines[-2:]) or f'exit code {proc.returncode}'}",
@@ -310,9 +310,12 @@ def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: P
         _run_uv(["pip", "sync", "--require-hashes", "--python", str(dest / "bin" / "python"),
                  str(lock_file), *index.uv_args()], "cannot install the lock", progress)
     if seed:
+        if progress is not None:
+            progress("seeding pip (ensurepip)")
+        # its temporary copy of the pip wheel goes in the build's scratch, which gc empties after a kill
         _run([str(dest / "bin" / "python"), "-m", "ensurepip", "--default-pip"],
              f"cannot seed pip with the ensurepip of {python['executable']} (install its ensurepip, "
-             "python3-venv on Debian, or build with --no-seed)")
+             "python3-venv on Debian, or build with --no-seed)", env={**os.environ, "TMPDIR": str(dest.parent)})
 
 
 def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,

@@ -174,12 +174,12 @@ def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, 
     ``allow_other``: other users may use the mount too (file permissions still apply); the
     daemon, which runs as its owner, reads the private store for them.
     """
-    unavailable = fusecheck.problem()
-    if unavailable:
-        raise FuseUnavailableError(unavailable)
     if allow_other and os.geteuid() != 0 and not user_allow_other():
         raise VockerError(f"--allow-other needs a line 'user_allow_other' in {FUSE_CONF} (root may add it: it lets "
                           "users share their FUSE mounts), or a mount made by root")
+    unavailable = fusecheck.problem()
+    if unavailable:
+        raise FuseUnavailableError(unavailable)
     mountpoint = resolve_mountpoint(path)
     _check_mountpoint(store, mountpoint)
     container = containers.get(store, ref)
