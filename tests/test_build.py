@@ -196,3 +196,121 @@ def test_pip_fallback_builds_and_audits(build, vocker, uv_env, project: Path) ->
     assert "cached: nothing installed" in again
     assert build("audit", "viapip").stdout.startswith("OK")
     assert build("run", "viapip", "--", "python", "-c", "import beta; print(beta.value())").stdout.strip() == "20"
+
+
+def test_the_test_gates_a_cache_hit_too_and_a_failed_build_leaves_no_image(build) -> None:
+    build("build", "beta", *build.index, "-t", "untested")
+    hit = build("build", "beta", *build.index, "-t", "gated", "--test", "exit 3", check=False)
+    assert "test failed (exit code 3)" in one_error_line(hit)
+    assert "testing: exit 3" in hit.stderr
+    assert "gated" not in build("image", "ls").stdout  # a test gate a cached image could skip is no gate
+    assert "cached: nothing installed: gated:latest" in build("build", "beta", *build.index, "-t", "gated",
+                                                             "--test", "true").stdout
+    before = set(build("image", "ls", "-q").stdout.split())
+    failed = build("build", "gamma", *build.index, "-t", "broken", "--test", "exit 4", check=False)
+    assert "test failed (exit code 4)" in one_error_line(failed)
+    assert set(build("image", "ls", "-q").stdout.split()) == before  # the new image went again
+    assert "built" in build("build", "gamma", *build.index, "-t", "fixed").stdout  # and is no cache hit
+
+
+def test_each_input_has_its_own_lock(build, project: Path) -> None:
+    (project / "requirements.txt").write_text("alpha<2\n")
+    (project / "pyproject.toml").write_text('[project]\nname = "app"\nversion = "0.1"\ndependencies = ["beta"]\n')
+    build("build", "-r", "requirements.txt", *build.index, "--lock-only")
+    proc = build("build", "-r", "pyproject.toml", *build.index, "--lock-only")
+    assert "the project itself is not installed" in proc.stderr  # said, not silently left out
+    assert "alpha==1.0" in (project / "requirements.lock").read_text()
+    assert "beta==1.0" not in (project / "requirements.lock").read_text()
+    assert "beta==1.0" in (project / "pyproject.toml.lock").read_text()
+    assert "up to date" in build("build", "-r", "requirements.txt", *build.index, "--lock-only").stdout
+    # an input whose default lock is another input's: refused, not overwritten
+    (project / "requirements").write_text("gamma\n")
+    (project / "requirements.lock").rename(project / "requirements.txt.lock")
+    (project / "other.txt").write_text("gamma\n")
+    build("build", "-r", "other.txt", *build.index, "--lock-only")
+    (project / "other").write_text("alpha\n")
+    (project / "other.lock").rename(project / "other.lock.keep")
+    (project / "other.lock.keep").rename(project / "other.lock")
+    line = one_error_line(build("build", "-r", "other", *build.index, "--lock-only", check=False))
+    assert "other.lock holds the lock of other.txt" in line and "--lock" in line
+
+
+def test_local_wheels_file_urls_and_urls_are_pinned_by_hash(build, project: Path, wheels_dir: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    dist = project / "dist"
+    dist.mkdir()
+    shutil.copy(wheels_dir / "alpha-1.0-py3-none-any.whl", dist)
+    (project / "requirements.txt").write_text(
+        f"./dist/alpha-1.0-py3-none-any.whl\nbeta @ {(wheels_dir / 'beta-1.0-py3-none-any.whl').as_uri()}\n")
+    build("build", "-r", "requirements.txt", "--no-index", "-t", "local")
+    lock = (project / "requirements.lock").read_text()
+    assert f"alpha @ {(dist / 'alpha-1.0-py3-none-any.whl').as_uri()}" in lock  # absolute: the lock is used elsewhere
+    assert f"beta @ {(wheels_dir / 'beta-1.0-py3-none-any.whl').as_uri()}" in lock
+    assert lock.count("--hash=sha256:") == 2
+    code = "import alpha, beta; print(alpha.VALUE, beta.value())"
+    assert build("run", "local", "--", "python", "-c", code).stdout.split() == ["1", "10"]
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(wheels_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/gamma-1.0-py3-none-any.whl"
+        build("build", f"gamma @ {url}", "--no-index", "-t", "remote")
+    finally:
+        server.shutdown()
+        server.server_close()
+    info = json.loads(build("image", "inspect", "remote").stdout)["build"]
+    assert f"gamma @ {url}" in info["lock"] and "--hash=sha256:" in info["lock"]
+    # the same wheel by hash, from the index: another pin (the URL is recorded in the image), another key
+    assert "built" in build("build", "gamma", *build.index, "-t", "indexed").stdout
+
+
+def test_the_installers_whole_error_reaches_the_user_and_steps_are_shown(build, project: Path) -> None:
+    good = build("build", "alpha==1.0", "beta", *build.index, "--lock-only", "--lock", "good.lock")
+    assert "resolving the requirements from the command line with uv" in good.stderr
+    lock = (project / "good.lock").read_text()
+    right = lock.split("--hash=sha256:")[1][:64]
+    (project / "bad.lock").write_text(lock.replace(right, "0" * 64))
+    proc = build("build", "-r", "bad.lock", *build.index, "-t", "x", check=False)
+    assert "cannot install the lock: Failed to download" in one_error_line(proc)
+    assert "installing 2 locked distributions" in proc.stderr
+    # uv's whole message, down to its last line (the hash it computed), not its first three lines
+    assert "Expected:" in proc.stderr and "Computed:" in proc.stderr and f"sha256:{right}" in proc.stderr
+
+
+def test_pip_is_seeded_unless_no_seed(build, tmp_path: Path) -> None:
+    build("build", "alpha", *build.index, "-t", "seeded")
+    where = build("run", "seeded", "--", "sh", "-c", 'command -v pip; python -m pip --version; echo "$VIRTUAL_ENV"')
+    pip_path, version, venv = where.stdout.strip().splitlines()
+    assert pip_path == f"{venv}/bin/pip" and f"{venv}/lib/" in version  # its own pip, not the host's
+    build("build", "alpha", *build.index, "-t", "bare", "--no-seed")
+    assert image_id(build, "bare") != image_id(build, "seeded")  # --no-seed is part of the cache key
+    assert json.loads(build("image", "inspect", "bare").stdout)["build"]["options"]["seed"] == "none"
+    build("export", "bare", tmp_path / "bare")
+    assert not list((tmp_path / "bare").glob("lib/python*/site-packages/pip"))
+    assert "cached" in build("build", "alpha", *build.index, "-t", "bare", "--no-seed").stdout
+    assert "cached" in build("build", "alpha", *build.index, "-t", "seeded").stdout
+
+
+def test_interpreters_are_found_by_uv(vocker, uv_env, wheels_dir: Path, project: Path, tmp_path: Path) -> None:
+    """A Python only uv's search finds: on PATH as plain `python3`, with no pythonX.Y name and no pyenv tree."""
+    import sys
+
+    mine = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    others = sorted((p for p in Path.home().glob(".pyenv/versions/3.*/bin/python3.*")
+                     if p.name.removeprefix("python3.").isdigit() and p.name != mine),
+                    key=lambda p: int(p.name.removeprefix("python3.")))
+    if not others:
+        pytest.skip("no second CPython 3.x on this machine")
+    other = others[-1]
+    bindir = tmp_path / "elsewhere"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(other)
+    minor = other.name.removeprefix("python")
+    env = dict(uv_env, PATH=f"{bindir}:{Path(sys.executable).parent}:/usr/bin:/bin", HOME=str(tmp_path / "home"))
+    vocker("build", "alpha", "--no-index", "--find-links", wheels_dir, "--python", minor, "--lock-only",
+           "--lock", "x.lock", env=env, cwd=project)
+    assert f"python=cpython-{minor}." in (project / "x.lock").read_text().splitlines()[0]

@@ -25,7 +25,7 @@ from typing import Callable
 import attrs
 
 from . import locks, scratch
-from .errors import UsageError, VockerError
+from .errors import BuildError, FormatError, UsageError, VockerError
 from .progress import Reporter
 from .pythons import find_requested
 from .store import Store
@@ -42,16 +42,15 @@ def installer() -> str:
     return "pip"
 
 
-def options() -> dict[str, str]:
+def options(seed: bool = True) -> dict[str, str]:
     """Build options that are part of the cache key (the installer writes INSTALLER and RECORD;
-    the import rules decide what of the installed venv the image keeps)."""
+    the import rules decide what of the installed venv the image keeps; whether pip is seeded)."""
     from .normalize import RULES_VERSION
 
-    return {"installer": installer(), "import_rules": str(RULES_VERSION)}
+    return {"installer": installer(), "import_rules": str(RULES_VERSION), "seed": "pip" if seed else "none"}
 
 
-class BuildError(VockerError):
-    """Resolution, installation or the build's test failed; nothing was tagged."""
+__all__ = ["BuildError", "BuildRequest", "BuildResult", "IndexOptions", "audit", "build", "lookup"]
 
 
 @attrs.frozen
@@ -111,6 +110,7 @@ class BuildRequest:
     lock_path: Path | None = None
     index: IndexOptions = IndexOptions()
     upgrade: bool = False
+    seed: bool = True  # pip in the image, so `pip install` in it cannot reach the host's pip
 
 
 @attrs.frozen
@@ -131,13 +131,30 @@ def uv_exe() -> str:
     return found
 
 
-def _run_uv(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([uv_exe(), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip(" ×╰─▶│") for ln in proc.stderr.splitlines() if ln.strip(" ×╰─▶│")]
-        detail = "; ".join(lines[:3]) or f"uv exited with {proc.returncode}"
-        raise BuildError(f"{what}: {detail}")
-    return proc
+Progress = Callable[[str], None]
+
+
+def _gist(stderr: str, code: int) -> str:
+    """uv's error in one line: its first lines, without the tree drawing (the whole text goes in details)."""
+    lines = [ln.strip(" ×╰─▶│") for ln in stderr.splitlines() if ln.strip(" ×╰─▶│")]
+    lines = [ln for ln in lines if not ln.startswith(("Resolved ", "Prepared ", "Using ", "Creating "))]
+    return "; ".join(ln.removeprefix("error: ") for ln in lines[:2]) or f"uv exited with {code}"
+
+
+def _run_uv(args: list[str], what: str, progress: Progress | None = None) -> None:
+    """Run uv, handing each line it writes to ``progress`` as it comes; BuildError with all of them if it fails."""
+    proc = subprocess.Popen([uv_exe(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            errors="replace", env={**os.environ, "NO_COLOR": "1"})
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if progress is not None and line.strip():
+            progress(line.strip())
+    code = proc.wait()
+    if code != 0:
+        text = "".join(lines)
+        raise BuildError(f"{what}: {_gist(text, code)}", details=text)
 
 
 def _input_text(req: BuildRequest) -> tuple[str, str]:
@@ -152,16 +169,34 @@ def _input_text(req: BuildRequest) -> tuple[str, str]:
 
 
 def default_lock_path(req: BuildRequest) -> Path | None:
+    """Where the lock goes: ``NAME.txt`` -> ``NAME.lock``, any other input ``FILE`` -> ``FILE.lock``
+    (``pyproject.toml.lock``), so two inputs in one directory never share a lock."""
     if req.lock_path is not None:
         return req.lock_path
     if req.requirements is None:
         return None  # specs on the command line: the lock lives in the store only
-    if req.requirements.name == "pyproject.toml":
-        return req.requirements.with_name("requirements.lock")
-    return req.requirements.with_suffix(".lock")
+    if req.requirements.suffix == ".txt":
+        return req.requirements.with_suffix(".lock")
+    return req.requirements.with_name(req.requirements.name + ".lock")
 
 
-def lock_for(req: BuildRequest, python: dict[str, str]) -> tuple[str, Path | None, bool]:
+def _check_lock_owner(req: BuildRequest, lock_path: Path, label: str) -> None:
+    """A default lock path already holding another input's lock (or a hand-made one) is not overwritten."""
+    if req.lock_path is not None or not lock_path.is_file():
+        return
+    header = {}
+    with open(lock_path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if first.startswith(locks.HEADER):
+        header = locks.parse_header(first)
+    if header.get("input") != label:
+        source = f"the lock of {header['input']}" if header.get("input") else "a lock vocker did not write"
+        raise UsageError(f"{lock_path} holds {source}, not of {label}; give the lock of {label} "
+                         "another place with --lock PATH")
+
+
+def lock_for(req: BuildRequest, python: dict[str, str], on_step: Progress = lambda _m: None,
+             progress: Progress | None = None) -> tuple[str, Path | None, bool]:
     """The lock text (resolving only when needed), where it was written, and whether it was resolved."""
     text, label = _input_text(req)
     if req.requirements is not None and req.requirements.name != "pyproject.toml" and locks.is_lock(text):
@@ -169,6 +204,8 @@ def lock_for(req: BuildRequest, python: dict[str, str]) -> tuple[str, Path | Non
     header = {"input": label, "input-sha256": hashlib.sha256(text.encode()).hexdigest(),
               "python": f"{python['implementation']}-{python['version']}", "platform": python["platform"]}
     lock_path = default_lock_path(req)
+    if lock_path is not None:
+        _check_lock_owner(req, lock_path, label)
     if lock_path is not None and lock_path.is_file() and not req.upgrade:
         existing = lock_path.read_text(encoding="utf-8")
         try:
@@ -183,15 +220,20 @@ def lock_for(req: BuildRequest, python: dict[str, str]) -> tuple[str, Path | Non
             source.write_text(text, encoding="utf-8")
         out = Path(tmp, "requirements.lock")
         what = f"cannot resolve the requirements from {label}"
+        on_step(f"resolving the requirements from {label} with {installer()}")
         if installer() == "uv":
-            _run_uv(["pip", "compile", str(source), "--generate-hashes", "--no-header", "--quiet",
-                     "--python", python["executable"], "-o", str(out), *req.index.uv_args()], what)
+            _run_uv(["pip", "compile", str(source), "--generate-hashes", "--no-header",
+                     "--python", python["executable"], "-o", str(out), *req.index.uv_args()], what, progress)
         else:
             if source.name == "pyproject.toml":
                 raise UsageError("resolving pyproject.toml needs uv (pip install uv)")
             _pip_compile(python, source, out, req.index, what)
-        resolved = locks.render_header(header) + out.read_text(encoding="utf-8")
-    locks.parse(resolved, "resolved lock")  # uv's output must be a complete lock
+        pins = out.read_text(encoding="utf-8")
+    try:
+        locks.parse(pins, "resolved lock")  # uv's output must be a complete lock
+    except FormatError:  # a local wheel written back as a relative path: absolute, as the lock is used elsewhere
+        pins = locks.render(locks.parse(pins, "resolved lock", base=Path.cwd()))
+    resolved = locks.render_header(header) + pins
     if lock_path is not None:
         _write_atomic(lock_path, resolved)
     return resolved, lock_path, True
@@ -223,11 +265,12 @@ def build_record(store: Store, image_id: str) -> dict[str, object] | None:
     return {"key": row[0], "lock": row[1], **json.loads(row[2])}
 
 
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-        raise BuildError(f"{what}: {'; '.join(lines[-2:]) or f'exit code {proc.returncode}'}")
+        raise BuildError(f"{what}: {'; '.join(lines[-2:]) or f'exit code {proc.returncode}'}",
+                         details=proc.stdout + proc.stderr)
 
 
 def _pip_compile(python: dict[str, str], source: Path, out: Path, index: IndexOptions, what: str) -> None:
@@ -241,67 +284,96 @@ def _pip_compile(python: dict[str, str], source: Path, out: Path, index: IndexOp
         sha = archive.get("hashes", {}).get("sha256") or (archive.get("hash") or "").partition("sha256=")[2]
         if not sha:
             raise BuildError(f"{what}: pip reported no sha256 for {item['metadata']['name']}")
-        lines.append(f"{item['metadata']['name']}=={item['metadata']['version']} \\\n    --hash=sha256:{sha}\n")
+        pin = (f"{item['metadata']['name']} @ {item['download_info']['url']}" if item.get("is_direct")
+               else f"{item['metadata']['name']}=={item['metadata']['version']}")
+        lines.append(f"{pin} \\\n    --hash=sha256:{sha}\n")
     out.write_text("".join(sorted(lines, key=str.lower)))
 
 
-def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: Path, tool: str = "uv") -> None:
-    """A fresh venv at ``dest`` with exactly the locked distributions."""
+def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: Path, tool: str = "uv",
+            seed: bool = True, progress: Progress | None = None) -> None:
+    """A fresh venv at ``dest`` with exactly the locked distributions, and pip when ``seed``.
+
+    pip comes from the interpreter's own ensurepip, not an index: the same for the same
+    interpreter (whose version is in the cache key), and offline.
+    """
+    lock_file = dest.parent / "requirements.lock"
+    lock_file.write_text(lock_text, encoding="utf-8")
     if tool == "pip":
-        lock_file = dest.parent / "requirements.lock"
-        lock_file.write_text(lock_text, encoding="utf-8")
         _run([python["executable"], "-m", "venv", "--without-pip", str(dest)], "cannot create the build venv")
         _run([python["executable"], "-m", "pip", "--python", str(dest / "bin" / "python"), "install", "--quiet",
               "--disable-pip-version-check", "--no-deps", "--require-hashes", "-r", str(lock_file),
               *index.uv_args()], "cannot install the lock")
-        return
-    _run_uv(["venv", "--quiet", "--python", python["executable"], "--no-python-downloads", str(dest)],
-            "cannot create the build venv")
-    lock_file = dest.parent / "requirements.lock"
-    lock_file.write_text(lock_text, encoding="utf-8")
-    _run_uv(["pip", "sync", "--quiet", "--require-hashes", "--python", str(dest / "bin" / "python"),
-             str(lock_file), *index.uv_args()], "cannot install the lock")
+    else:
+        _run_uv(["venv", "--quiet", "--python", python["executable"], "--no-python-downloads", str(dest)],
+                "cannot create the build venv")
+        _run_uv(["pip", "sync", "--require-hashes", "--python", str(dest / "bin" / "python"),
+                 str(lock_file), *index.uv_args()], "cannot install the lock", progress)
+    if seed:
+        if progress is not None:
+            progress("seeding pip (ensurepip)")
+        # its temporary copy of the pip wheel goes in the build's scratch, which gc empties after a kill
+        _run([str(dest / "bin" / "python"), "-m", "ensurepip", "--default-pip"],
+             f"cannot seed pip with the ensurepip of {python['executable']} (install its ensurepip, "
+             "python3-venv on Debian, or build with --no-seed)", env={**os.environ, "TMPDIR": str(dest.parent)})
 
 
 def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,
           test: Callable[[str], int] | None = None, reporter: Reporter | None = None,
-          on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
+          on_step: Callable[[str], None] = lambda _msg: None, progress: Progress | None = None) -> BuildResult:
+    """Resolve (or reuse) the lock, then return the image for its cache key, installing only on a miss.
+
+    ``test`` gets the image ID and returns an exit code; it runs on a cache hit too, and the
+    image is tagged and its build recorded only when it passes (a new image that fails is
+    removed again). ``on_step`` gets a line per step, ``progress`` each line uv writes.
+    """
     started = time.perf_counter()
     python = find_requested(req.python)
-    lock_text, lock_path, resolved = lock_for(req, python)
+    if req.requirements is not None and req.requirements.name == "pyproject.toml":
+        on_step("note: pyproject.toml gives its dependencies only; the project itself is not installed "
+                "(to include it, build its wheel and build from that: vocker build ./dist/NAME-*.whl)")
+    lock_text, lock_path, resolved = lock_for(req, python, on_step, progress)
     lock = locks.parse(lock_text, str(lock_path or "lock"))
-    key = locks.cache_key(lock, python, options())
+    key = locks.cache_key(lock, python, options(req.seed))
     if lock_only:
         return BuildResult(None, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
     image_id = lookup(store, key)
-    if image_id is not None:
-        if tag is not None:
-            with store.write() as conn:
-                store.set_tag(conn, tag, image_id)
-        return BuildResult(image_id, True, lock_path, lock_text, key, resolved, time.perf_counter() - started)
-    # The build venv is scratch in the store, under the shared lock: gc removes what a kill leaves.
-    with store.lock_shared(), scratch.in_store(store, "vocker-build-") as tmp:
-        env = Path(tmp, "env")
-        on_step(f"installing {len(lock.pins)} locked distributions with {installer()}")
-        install(lock_text, python, req.index, env, installer())
-        from .importer import import_tree
+    cached = image_id is not None
+    if image_id is None:
+        # The build venv is scratch in the store, under the shared lock: gc removes what a kill leaves.
+        with store.lock_shared(), scratch.in_store(store, "vocker-build-") as tmp:
+            env = Path(tmp, "env")
+            seeded = " and pip" if req.seed else ""
+            on_step(f"installing {len(lock.pins)} locked distributions{seeded} with {installer()}")
+            install(lock_text, python, req.index, env, installer(), req.seed, progress)
+            from .importer import import_tree
 
-        result = import_tree(store, env, None, python=Path(python["executable"]), reporter=reporter)
-    image_id = result.image_id
+            on_step("importing the built environment")
+            result = import_tree(store, env, None, python=Path(python["executable"]), reporter=reporter)
+        image_id, new = result.image_id, result.new
+    else:
+        new = False
     if test is not None:
         code = test(image_id)
         if code != 0:
-            raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not tagged")
+            left = ""
+            if new and not store.image(image_id).tags:
+                store.remove(image_id)  # nothing of a failed build stays (its blobs go at the next gc)
+            elif not new:
+                left = " (it was in the store before this build)"
+            raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not "
+                             f"tagged{left}")
     info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
-            "options": options(), "input": lock.header.get("input", str(lock_path or "")),
+            "options": options(req.seed), "input": lock.header.get("input", str(lock_path or "")),
             "pins": len(lock.pins), "index": attrs.asdict(req.index)}
     with store.write() as conn:
-        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
-                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
-                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
+        if not cached:
+            conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
+                         'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
+                         'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
         if tag is not None:
             store.set_tag(conn, tag, image_id)
-    return BuildResult(image_id, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
+    return BuildResult(image_id, cached, lock_path, lock_text, key, resolved, time.perf_counter() - started)
 
 
 @attrs.frozen
@@ -348,7 +420,8 @@ def audit(store: Store, ref: str, index: IndexOptions | None = None,
         env.parent.mkdir()
         recorded_options = record.get("options") or {}
         assert isinstance(recorded_options, dict)
-        install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")))
+        install(str(record["lock"]), python, index, env, str(recorded_options.get("installer", "uv")),
+                recorded_options.get("seed", "none") == "pip")
         from .importer import import_tree
 
         rebuilt = import_tree(fresh, env, None, python=Path(python["executable"])).image_id

@@ -32,6 +32,17 @@ class CommandNotRunError(VockerError):
         self.exit_code = 127 if not_found else 126
 
 
+class BuildError(VockerError):
+    """Resolution, installation or the build's test failed; nothing was tagged.
+
+    ``details`` holds the installer's whole error output (the message is its gist).
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class FormatError(VockerError):
     """Stored or received data is not valid vocker format (corrupt CBOR, bad names, ...)."""
 
@@ -42,6 +53,11 @@ class IntegrityError(VockerError):
 
 class MissingObjectError(IntegrityError):
     """An object the image needs is not in the store."""
+
+
+class FuseUnavailableError(VockerError):
+    """This machine or user cannot make FUSE mounts (the message says why and how to fix it);
+    exports still work."""
 
 
 class NoInterpreterError(VockerError):

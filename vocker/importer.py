@@ -20,7 +20,7 @@ from typing import Any, Iterator, Union
 
 import attrs
 
-from . import __version__, blobstore, importcache, interrupts, normalize, template, venv, walk
+from . import __version__, blobstore, editables, importcache, interrupts, normalize, template, venv, walk
 from .blobstore import Staged
 from .digest import digest_bytes
 from .errors import UsageError, VockerError
@@ -81,6 +81,8 @@ class ImportResult:
     unchanged: int = 0  # files taken from the import cache without reading them
     #: symlinks that point out of the image ("path -> target"): stored, but never served or exported
     escaping_links: tuple[str, ...] = ()
+    #: editable installs ("name -> source"): the image refers to files outside itself
+    editables: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -223,6 +225,7 @@ def import_tree(store: Store, src: Path, tag: str | None = None, *, python: Path
         image_id=image_id, new=new, kind=manifest.kind, files=files, size=size, new_blobs=len(infos),
         new_stored_bytes=sum(i.stored_size for i in infos), tag=tag,
         seconds=time.perf_counter() - started, unchanged=len(got.hits), escaping_links=tuple(sorted(walker.escaping)),
+        editables=tuple(editables.find(src)),
     )
 
 

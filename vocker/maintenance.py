@@ -242,8 +242,9 @@ class Usage:
 
     @property
     def stored(self) -> int:
-        """Bytes on disk for the images' content: their blobs plus the metadata database."""
-        return self.blob_stored + self.database
+        """Bytes the store takes on disk: the images' blobs, the metadata database and the
+        bytecode cache (left out, a 65 MB cache went missing from a 251 MB store)."""
+        return self.blob_stored + self.database + self.cache
 
     @property
     def dedup_ratio(self) -> float:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from . import containers
+from . import containers, fusecheck
 from .containers import MountRecord
 from .db import Error as DatabaseError
-from .errors import NotFoundError, UsageError, VockerError
+from .errors import FuseUnavailableError, NotFoundError, UsageError, VockerError
 from .pythons import find_interpreter
 from .store import Store
 
@@ -179,11 +178,12 @@ def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, 
     warm mount (vocker.warm), whose daemon empties its writable layer when asked on this
     abstract socket; ``close_fds``: the caller's descriptors a forked daemon must not keep.
     """
-    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
-        raise VockerError("FUSE is not available: install fuse3 (apt-get install fuse3) and make sure /dev/fuse exists")
     if allow_other and os.geteuid() != 0 and not user_allow_other():
         raise VockerError(f"--allow-other needs a line 'user_allow_other' in {FUSE_CONF} (root may add it: it lets "
                           "users share their FUSE mounts), or a mount made by root")
+    unavailable = fusecheck.problem()
+    if unavailable:
+        raise FuseUnavailableError(unavailable)
     mountpoint = resolve_mountpoint(path)
     _check_mountpoint(store, mountpoint)
     container = containers.get(store, ref)
@@ -219,7 +219,9 @@ def mount(store: Store, ref: str, path: Path | str, *, read_only: bool = False, 
         if not message.startswith("ok "):
             if message.startswith("error: ") and not container.persistent:  # the daemon gave up: nobody uses it
                 containers.remove(store, container.name, durable=False)
-            raise VockerError(f"mount failed: {message.removeprefix('error: ')} (log: {log_path})")
+            # a throw-away container's log went with it: name the log only where it stays
+            where = f" (log: {log_path})" if log_path.exists() else ""
+            raise VockerError(f"mount failed: {message.removeprefix('error: ')}{where}")
         # the daemon recorded the mount itself, before mounting
         return MountRecord(mountpoint, container.name, int(message.split()[1]), time.time(), options)
     finally:

@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import platformdirs
 
@@ -56,22 +58,52 @@ def _probe(path: str) -> dict[str, str] | None:
     return info
 
 
-def _candidates(facts: PythonFacts, hint: str | None) -> list[str]:
-    return _candidates_for(facts.minor, facts.implementation, hint)
+def _candidates(facts: PythonFacts, hint: str | None) -> Iterator[str]:
+    return _candidates_for(facts.minor, facts.implementation, hint, exact=facts.version)
 
 
-def _candidates_for(minor: str, implementation: str = "cpython", hint: str | None = None) -> list[str]:
-    names = [f"pypy{minor}"] if implementation == "pypy" else [f"python{minor}"]
-    found = [hint] if hint else []
-    for name in names:
-        exe = shutil.which(name)
-        if exe:
-            found.append(exe)
-        found += [f"/usr/bin/{name}", f"/usr/local/bin/{name}", f"/opt/homebrew/bin/{name}"]
-    home = Path.home()
-    found += sorted(glob.glob(str(home / ".pyenv/versions" / f"{minor}*" / "bin" / f"python{minor}")))
-    found += sorted(glob.glob(str(home / ".local/share/uv/python" / f"*-{minor}*" / "bin" / f"python{minor}")))
-    return [c for c in dict.fromkeys(found) if c and os.path.isfile(c)]
+def uv_find(request: str) -> str | None:
+    """The interpreter ``uv python find`` picks for a request ("cpython@3.11.7", "pypy@3.10"): uv
+    knows where Pythons live (PATH, its own, the system's), outside any virtual environment."""
+    uv = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv")
+    if uv is None:
+        return None
+    try:
+        proc = subprocess.run([uv, "python", "find", "--system", "--no-python-downloads", request],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = proc.stdout.strip()
+    return found if proc.returncode == 0 and found else None
+
+
+def _candidates_for(minor: str, implementation: str = "cpython", hint: str | None = None,
+                    exact: str | None = None) -> Iterator[str]:
+    """Interpreters to probe, best first, found lazily: the hint needs no search at all.
+
+    uv cannot see pyenv's versions other than the selected one (its shims for the others
+    fail), so those are the one place looked at by hand.
+    """
+    seen: set[str] = set()
+    uv_name = "pypy" if implementation == "pypy" else "cpython"
+
+    def fresh(path: str | None) -> bool:
+        if not path or path in seen or not os.path.isfile(path):
+            return False
+        seen.add(path)
+        return True
+
+    if fresh(hint):
+        yield hint  # type: ignore[misc]
+    for request in ([f"{uv_name}@{exact}"] if exact else []) + [f"{uv_name}@{minor}"]:
+        found = uv_find(request)
+        if fresh(found):
+            yield found  # type: ignore[misc]
+    name = f"pypy{minor}" if implementation == "pypy" else f"python{minor}"
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv", "versions")
+    for path in sorted(glob.glob(str(pyenv / f"{minor}*" / "bin" / name))):
+        if fresh(path):
+            yield path
 
 
 def compatible(facts: PythonFacts, info: dict[str, str]) -> bool:
@@ -122,7 +154,7 @@ def find_requested(request: str | None) -> dict[str, str]:
         raise NoInterpreterError(f"--python takes a version like 3.11 (or a path), not {request!r}")
     minor = ".".join(request.split(".")[:2])
     base = getattr(sys, "_base_executable", None) or sys.executable
-    for candidate in [base] + _candidates_for(minor):
+    for candidate in _candidates_for(minor, hint=base, exact=request if request.count(".") == 2 else None):
         info = _probe(candidate)
         if info is None or info["implementation"] != "cpython":
             continue

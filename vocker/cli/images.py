@@ -39,6 +39,9 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
     for line in result.escaping_links:
         err.print(f"vocker: warning: symlink {line} points outside the image: mounts and exports will not "
                   "serve it (audits show it as a file)", markup=False)
+    for line in result.editables:
+        err.print(f"vocker: warning: {line} is an editable install: the image refers to files outside itself, "
+                  "which other machines (and later changes) do not share", markup=False)
     what = "Imported" if result.new else "Already in store:"
     out.print(f"{what} {result.kind} {directory} as {result.tag or result.image_id}", markup=False)
     out.print(f"  {result.image_id}", markup=False)

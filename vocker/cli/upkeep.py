@@ -77,8 +77,8 @@ def system_prune() -> None:
 def df_cmd(fmt: str) -> None:
     """Show space used: logical vs stored size, dedup and compression ratios, what is reclaimable.
 
-    Stored size includes the metadata database (small files live inline in it); the
-    compression ratio is that of the blob files alone. Reclaimable is what
+    Stored size includes the metadata database (small files live inline in it) and the
+    bytecode cache; the compression ratio is that of the images' blob files alone. Reclaimable is what
     'vocker system prune' would free in blob files (untagged images nothing uses, and
     what no image needs).
     """
