@@ -25,7 +25,7 @@ def test_the_api_does_what_the_cli_does(make_venv, vocker_home: Path, wheels_dir
                                         offline, capfd: pytest.CaptureFixture[str]) -> None:
     import vocker
     from vocker.build import IndexOptions
-    from vocker.errors import BuildError, UsageError, VockerError
+    from vocker.errors import BuildError, NotFoundError, UsageError, VockerError
 
     assert vocker.images(home=vocker_home) == []
     imported = vocker.import_venv(make_venv(tmp_path / "env"), "app", home=vocker_home)
@@ -52,7 +52,7 @@ def test_the_api_does_what_the_cli_does(make_venv, vocker_home: Path, wheels_dir
     with vocker.mount("app", home=vocker_home) as env:
         assert (env / "bin" / "python").exists()
 
-    with pytest.raises(UsageError, match="no such image: nope"):
+    with pytest.raises(NotFoundError, match="no such image: nope"):
         vocker.export("nope", tmp_path / "none", home=vocker_home)
     with pytest.raises(BuildError, match="cannot resolve") as failed:
         vocker.build(["alpha==9.9"], index=index, home=vocker_home)
