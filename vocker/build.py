@@ -263,6 +263,17 @@ def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: P
              str(lock_file), *index.uv_args()], "cannot install the lock")
 
 
+def record_build(store: Store, key: str, image_id: str, lock_text: str, info: dict[str, object],
+                 tag: str | None) -> None:
+    """Remember the image built for a cache key (and tag it), so the same key installs nothing again."""
+    with store.write() as conn:
+        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
+                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
+                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
+        if tag is not None:
+            store.set_tag(conn, tag, image_id)
+
+
 def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,
           test: Callable[[str], int] | None = None, reporter: Reporter | None = None,
           on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
@@ -295,12 +306,7 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
     info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
             "options": options(), "input": lock.header.get("input", str(lock_path or "")),
             "pins": len(lock.pins), "index": attrs.asdict(req.index)}
-    with store.write() as conn:
-        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
-                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
-                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
-        if tag is not None:
-            store.set_tag(conn, tag, image_id)
+    record_build(store, key, image_id, lock_text, info, tag)
     return BuildResult(image_id, False, lock_path, lock_text, key, resolved, time.perf_counter() - started)
 
 

@@ -174,8 +174,9 @@ def mountpoint_of(store: Store, name: str) -> str | None:
 
 
 def commit(store: Store, name: str, tag: str | None, message: str = "", *,
-           reporter: Reporter | None = None) -> Derived:
-    """The container's changes as one new layer on top of its image (see the module's doc)."""
+           reporter: Reporter | None = None, created_by: str = "commit") -> Derived:
+    """The container's changes as one new layer on top of its image (see the module's doc);
+    ``created_by`` names what made them in the image's history (commit, install, ...)."""
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     container = containers.get(store, name)
@@ -214,10 +215,10 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
             derived = Manifest(manifest.kind, manifest.layers + (layer,), manifest.python)
             base = store.image(container.image_id).provenance
             provenance = {k: base[k] for k in ("base_interpreter",) if k in base}
-            provenance.update(created_by=f"vocker {__version__} commit", created=_now(), container=name,
+            provenance.update(created_by=f"vocker {__version__} {created_by}", created=_now(), container=name,
                               host_platform=platform.platform(), parent=container.image_id,
                               history=history(store, container.image_id) + [
-                                  {"created_by": "commit", "message": message, "created": _now()}])
+                                  {"created_by": created_by, "message": message, "created": _now()}])
             objects = _reachable_new(store, layer, pending) | _reachable_new(store, new_flat, pending)
         except BaseException:
             store.blobs.discard(staged)
