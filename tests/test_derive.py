@@ -79,3 +79,67 @@ def test_install_bad_input_changes_nothing(base, vocker, wheels_dir: Path, uv_en
         assert len(proc.stderr.strip().splitlines()) == 1
     assert vocker("images", "-q").stdout == before
     assert vocker("ps", "-a", "-q").stdout.strip() == ""
+
+
+def _with_env(wheels_dir: Path, uv_env: dict[str, str]) -> dict[str, str]:
+    """run --with and the API take their index from pip's configuration: offline, the test wheels."""
+    return {**uv_env, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels_dir), "UV_OFFLINE": "1"}
+
+
+def test_build_from_is_one_cached_layer(base, vocker, wheels_dir: Path, uv_env, tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("beta\n")
+    args = ["build", "--from", base, "-r", req, "-t", "app", *_offline(wheels_dir)]
+    first = vocker(*args, env=uv_env)
+    assert "built: app:latest" in first.stdout and "installing" in first.stderr
+    assert (tmp_path / "requirements.lock").is_file()
+    assert _in(vocker, "app", VERSIONS) == "2.0 2 ['2.0'] ['alpha', 'beta', 'gamma']"  # beta's alpha>=1, locked alone
+    history = json.loads(vocker("image", "history", "app", "--format", "json").stdout)
+    assert [h["created_by"] for h in history] == ["import", "build"]
+    second = vocker(*args, env=uv_env)
+    assert "cached: nothing installed" in second.stdout and "installing" not in second.stderr
+    assert _id(vocker, "app") == json.loads(vocker("image", "inspect", "app").stdout)["id"]
+    # another base, the same addition: another key
+    vocker("install", base, "alpha==2.0", "-t", "base3", *_offline(wheels_dir), env=uv_env)
+    third = vocker("build", "--from", "base3", "-r", req, "-t", "app3", *_offline(wheels_dir), env=uv_env)
+    assert "built: app3:latest" in third.stdout
+    bad = vocker("build", "--from", base, "--python", "3", "-r", req, check=False)
+    assert bad.returncode == 2 and "--python and --from" in bad.stderr
+
+
+def test_run_with_twice_second_installs_nothing(base, vocker, wheels_dir: Path, uv_env) -> None:
+    env = _with_env(wheels_dir, uv_env)
+    code = (VERSIONS + "; import subprocess, sys, json; "
+            "print(subprocess.run(['alpha-cli'], capture_output=True, text=True).stdout.strip()); "
+            f"listed = json.loads(subprocess.run([{sys.executable!r}, '-m', 'pip', '--python', sys.executable, "
+            "'list', '--format', 'json'], capture_output=True, text=True).stdout); "
+            "print([p['version'] for p in listed if p['name'] == 'alpha'])")
+    expected = "2.0 2 ['2.0'] ['alpha', 'gamma']\nalpha 2.0\n['2.0']"
+    first = vocker("run", base, "--with", "alpha==2.0", "--", "python", "-c", code, env=env)
+    assert first.stdout.strip() == expected
+    assert "installing" in first.stderr
+    images = vocker("images", "-q", "--no-trunc").stdout
+    second = vocker("run", "--with", "alpha==2.0", base, "python", "-c", code, env=env)
+    assert second.stdout.strip() == expected
+    assert "installing" not in second.stderr  # the cached layer: nothing installed
+    assert vocker("images", "-q", "--no-trunc").stdout == images
+    plain = vocker("run", base, "python", "-c", VERSIONS, env=env)
+    assert plain.stdout.strip() == "1.0 1 ['1.0'] ['alpha', 'gamma']"
+    bad = vocker("run", base, "--with", "alpha==2.0", "python", "-c", "pass", env=env, check=False)
+    assert bad.returncode == 2 and "needs '--'" in bad.stderr
+
+
+def test_api_and_fixture_take_extra_layers(base, vocker_home: Path, wheels_dir: Path, uv_env,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    import vocker as api
+
+    for key, value in _with_env(wheels_dir, uv_env).items():
+        monkeypatch.setenv(key, value)
+    seen = []
+    for spec in ("alpha==1.0", "alpha==2.0"):
+        with api.mount(base, home=vocker_home, with_=[spec]) as env:
+            seen.append(subprocess.run([env / "bin" / "python", "-c", VERSIONS], capture_output=True, text=True,
+                                       check=True).stdout.strip())
+    assert seen == ["1.0 1 ['1.0'] ['alpha', 'gamma']", "2.0 2 ['2.0'] ['alpha', 'gamma']"]

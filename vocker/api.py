@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .mounting import mounted
 from .runclient import lease
@@ -13,8 +13,12 @@ from .store import Store
 
 @contextlib.contextmanager
 def mount(ref: str, path: str | Path | None = None, *, read_only: bool = False,
-          home: str | Path | None = None, python: str | Path | None = None) -> Iterator[Path]:
+          home: str | Path | None = None, python: str | Path | None = None,
+          with_: Iterable[str] = ()) -> Iterator[Path]:
     """Mount an image (throw-away writable layer) or a named container; always unmounts.
+
+    ``with_``: mount the image plus a cached layer that installs these SPECs over it (as
+    ``vocker run --with``), so a test suite can run against several versions of a dependency.
 
     ``path`` defaults to a warm mount of the image (vocker.warm: kept for the next use, its
     changes discarded when the block ends), or a new temporary directory when warm mounts are
@@ -22,6 +26,10 @@ def mount(ref: str, path: str | Path | None = None, *, read_only: bool = False,
     to the default store.
     """
     store = Store.open(Path(home) if home is not None else None)
+    if with_:
+        from .deriving import with_layer
+
+        ref = with_layer(store, ref, tuple(with_)).image_id
     if path is None and not read_only and python is None:
         with lease(store.root, ref) as where:
             if where is not None:

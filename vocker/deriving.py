@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 import attrs
 
 from . import containers, locks
-from .build import (BuildRequest, BuildResult, IndexOptions, _run, _run_uv, installer, lock_for, lookup, options,
+from .build import (BuildError, BuildRequest, BuildResult, IndexOptions, _run, _run_uv, installer, lock_for, lookup, options,
                     record_build)
 from .errors import UsageError
-from .layering import Derived, commit
+from .layering import Derived, NothingToCommit, commit
 from .mounting import mount, unmount
 from .progress import Reporter
 from .pythons import find_interpreter
@@ -78,7 +78,7 @@ def run_installer(mountpoint: str, args: list[str], *, uninstall: bool = False,
 
 def change(store: Store, ref: str, args: list[str], tag: str | None, *, uninstall: bool = False,
            index: IndexOptions = IndexOptions(), message: str | None = None,
-           reporter: Reporter | None = None) -> Derived:
+           reporter: Reporter | None = None, created_by: str | None = None) -> Derived:
     """Install (or uninstall) ``args`` in IMAGE|CONTAINER ``ref`` and commit the change as one
     layer on its image. A container keeps the change in its writable layer too."""
     if not args:
@@ -89,8 +89,11 @@ def change(store: Store, ref: str, args: list[str], tag: str | None, *, uninstal
         if manifest.python is None:
             raise UsageError(f"{ref} is not a venv image: there is no interpreter to {verb} with")
         run_installer(where, args, uninstall=uninstall, index=index)
-        return commit(store, name, tag, message if message is not None else f"{verb} {' '.join(args)}",
-                      reporter=reporter, created_by=verb)
+        try:
+            return commit(store, name, tag, message if message is not None else f"{verb} {' '.join(args)}",
+                          reporter=reporter, created_by=created_by or verb)
+        except NothingToCommit:
+            raise NothingToCommit(f"nothing to commit: {verb}ing {' '.join(args)} changes no file of {ref}") from None
 
 
 def base_interpreter(store: Store, image_id: str) -> dict[str, str]:
@@ -102,7 +105,7 @@ def base_interpreter(store: Store, image_id: str) -> dict[str, str]:
 
 
 def build_from(store: Store, base_ref: str, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,
-               reporter: Reporter | None = None, on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
+               test: Callable[[str], int] | None = None, reporter: Reporter | None = None, on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
     """A layer installing the locked addition on top of an image, cached by (base image ID +
     pinned set + interpreter + options): the same addition on the same base installs nothing."""
     started = time.perf_counter()
@@ -121,9 +124,14 @@ def build_from(store: Store, base_ref: str, req: BuildRequest, *, tag: str | Non
         with tempfile.TemporaryDirectory(prefix="vocker-from-") as tmp:
             lock_file = Path(tmp, "requirements.lock")
             lock_file.write_text(lock_text, encoding="utf-8")
-            image_id = change(store, base_id, ["--require-hashes", "-r", str(lock_file)], None, index=req.index,
-                              message=f"build --from: {lock.header.get('input') or len(lock.pins)}",
-                              reporter=reporter).image_id
+            try:
+                image_id = change(store, base_id, ["--require-hashes", "-r", str(lock_file)], None, index=req.index,
+                                  message=f"build --from: {lock.header.get('input') or len(lock.pins)}",
+                                  reporter=reporter, created_by="build").image_id
+            except NothingToCommit:  # the base has the addition already: it is the result
+                image_id = base_id
+        if test is not None and (code := test(image_id)) != 0:
+            raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not tagged")
         info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
                 "options": options(), "from": base_id, "input": lock.header.get("input", str(lock_path or "")),
                 "pins": len(lock.pins), "index": attrs.asdict(req.index)}

@@ -35,6 +35,10 @@ from .tree import Kind
 COMMIT_TRIES = 5
 
 
+class NothingToCommit(UsageError):
+    """The container's files are its image's: no layer to add."""
+
+
 @attrs.frozen
 class Derived:
     image_id: str
@@ -189,7 +193,7 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
     paths = normalize.VenvPaths.of(where, os.path.realpath(where)) if where and manifest.python else None
     with store.lock_shared():
         if not upper.is_dir():
-            raise UsageError(f"nothing to commit: container {name} has no changes")
+            raise NothingToCommit(f"nothing to commit: container {name} has no changes")
         for _ in range(COMMIT_TRIES):
             with _paused(live.mountpoint if live else None, live.pid if live else None):
                 before = _snapshot(str(upper))
@@ -210,7 +214,7 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
             store.hold_trees(pending)
             layer = layer_between(store, flat_root(store, manifest), new_flat, pending)
             if layer is None:
-                raise UsageError(f"nothing to commit: container {name} has no changes to its image")
+                raise NothingToCommit(f"nothing to commit: container {name} has no changes to its image")
             store.hold_trees(pending)
             derived = Manifest(manifest.kind, manifest.layers + (layer,), manifest.python)
             base = store.image(container.image_id).provenance

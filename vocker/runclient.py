@@ -151,7 +151,8 @@ def thin_run(argv: list[str]) -> int | None:
     """``vocker run IMAGE [--] COMMAND...`` on a warm mount: the exit code, or None to leave the
     command to the full CLI (an option, warm mounts off, no warm mount to have, a bare
     python/pip the environment lacks, which the CLI refuses in one line)."""
-    if len(argv) < 3 or argv[0] != "run" or argv[1].startswith("-") or idle_seconds() <= 0:
+    if len(argv) < 3 or argv[0] != "run" or argv[1].startswith("-") or argv[2].startswith("--with") \
+            or idle_seconds() <= 0:
         return None
     command = argv[3:] if argv[2] == "--" else argv[2:]
     if not command:

@@ -19,6 +19,8 @@ from .completion import complete_images
 @click.option("-r", "--requirements", type=click.Path(path_type=Path, dir_okay=False),
               help="requirements.txt, an existing lock, or pyproject.toml.")
 @click.option("--python", metavar="3.X|PATH", help="Interpreter to build for (default: the one running vocker).")
+@click.option("--from", "base", metavar="IMAGE", shell_complete=complete_images,
+              help="Build one layer on top of IMAGE, with its interpreter (cached per base image).")
 @click.option("-t", "--tag", metavar="NAME[:TAG]", help="Tag the image (TAG defaults to 'latest').")
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write the lock (default: requirements.lock beside the input).")
@@ -28,12 +30,14 @@ from .completion import complete_images
               help="Shell command run inside the built environment (mounted) before tagging; failing tags nothing.")
 @index_options
 @with_store_options
-def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | None, tag: str | None,
-              lock_path: Path | None, lock_only: bool, upgrade: bool, test_cmd: str | None, **index: Any) -> None:
+def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | None, base: str | None,
+              tag: str | None, lock_path: Path | None, lock_only: bool, upgrade: bool, test_cmd: str | None, **index: Any) -> None:
     """Build an image from requirements: resolve a lock, install exactly it, import.
 
     The cache key is the pinned lock + interpreter + platform: building the same lock
-    again returns the stored image without installing anything.
+    again returns the stored image without installing anything. With --from IMAGE the lock
+    is installed over IMAGE with its interpreter and committed as one layer; the key also
+    holds IMAGE's ID.
     """
     from ..build import BuildRequest, build
 
@@ -51,8 +55,15 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
         err.print(f"testing: {test_cmd}", markup=False)
         return run_in(store, image_id, ["/bin/sh", "-c", test_cmd or "true"])
 
-    result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
-                   reporter=RichReporter(), on_step=lambda m: err.print(m, markup=False))
+    if base is not None:
+        from ..deriving import build_from
+
+        result = build_from(store, base, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
+                            reporter=RichReporter(),
+                            on_step=lambda m: err.print(m, markup=False))
+    else:
+        result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
+                       reporter=RichReporter(), on_step=lambda m: err.print(m, markup=False))
     where = f" -> {result.lock_path}" if result.lock_path else ""
     out.print(f"lock: {'resolved' if result.resolved else 'up to date'}{where}", markup=False)
     if lock_only:
