@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "mount"]
+__all__ = ["__version__", "mount", "remount"]
 
 
 def __getattr__(name: str) -> Any:  # keep `import vocker` light: the API pulls in the store
-    if name == "mount":
-        from .api import mount
+    if name in ("mount", "remount"):
+        from . import api
 
-        return mount
+        return getattr(api, name)
     raise AttributeError(name)

@@ -38,3 +38,12 @@ def mount(ref: str, path: str | Path | None = None, *, read_only: bool = False,
     with mounted(store, ref, Path(path) if path is not None else None, read_only=read_only,
                  python=Path(python) if python is not None else None) as where:
         yield where
+
+
+def remount(path: str | Path, ref: str, *, home: str | Path | None = None) -> None:
+    """Switch what ``mount`` gave (``path``) to image ``ref`` with the same Python, in place: its
+    writable layer stays, open files keep their bytes, new lookups see ``ref`` (vocker.swap).
+    A warm mount goes back to its own image when its block ends."""
+    from .swap import remount as swap_remount
+
+    swap_remount(Store.open(Path(home) if home is not None else None), path, ref)

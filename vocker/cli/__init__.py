@@ -15,7 +15,7 @@ import click
 from .. import interrupts
 from ..errors import VockerError
 from ..ui import err
-from . import builds, completion, containers, derive, images, layers, upkeep  # noqa: F401  (they register their commands)
+from . import builds, completion, containers, derive, images, layers, swap, upkeep  # noqa: F401  (they register their commands)
 from .common import OwnFailure, cli
 
 __all__ = ["cli", "main"]
