@@ -113,3 +113,42 @@ def test_named_container_remounted_stays_on_its_new_image(images, vocker, tmp_pa
     finally:
         vocker("unmount", mnt)
     assert vocker("diff", "dev").stdout.strip() == "A /mine.txt"
+
+
+def _other_python_image(home: Path, ref: str, tag: str) -> None:
+    """The image ``ref`` with the facts of a Python this host does not have (3.99)."""
+    import attrs
+
+    from vocker.store import Store
+
+    store = Store.open(home)
+    image_id = store.resolve(ref)
+    manifest = store.manifest(image_id)
+    other = attrs.evolve(manifest, python=attrs.evolve(manifest.python, version="3.99.0", lib="lib/python3.99"))
+    data = other.encode()
+    record = store.image(image_id)
+    with store.write() as conn:
+        store.record_image(conn, other.digest(), data, record.size, record.files, {})
+        store.set_tag(conn, tag, other.digest())
+    store.close()
+
+
+def test_another_python_is_refused_by_remount_and_install(images, vocker, vocker_home: Path, tmp_path: Path,
+                                                          wheels_dir: Path, uv_env) -> None:
+    base, up = images
+    _other_python_image(vocker_home, up, "py399:latest")
+    before = vocker("images", "-q", "--no-trunc").stdout
+    proc = vocker("install", "py399", "beta", "-t", "x", "--no-index", "--find-links", wheels_dir, env=uv_env,
+                  check=False)
+    assert proc.returncode == 1 and "no Python 3.99" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert vocker("images", "-q", "--no-trunc").stdout == before
+    assert vocker("ps", "-a", "-q").stdout.strip() == ""
+    mnt = tmp_path / "m"
+    vocker("mount", base, mnt)
+    try:
+        proc = vocker("remount", mnt, "py399", check=False)
+        assert proc.returncode == 2 and "has cpython 3.99.0" in proc.stderr and "same Python" in proc.stderr
+        assert _python(mnt, VERSIONS) == "1.0 1 ['1.0']"
+    finally:
+        vocker("unmount", mnt)
