@@ -143,3 +143,45 @@ def test_api_and_fixture_take_extra_layers(base, vocker_home: Path, wheels_dir: 
             seen.append(subprocess.run([env / "bin" / "python", "-c", VERSIONS], capture_output=True, text=True,
                                        check=True).stdout.strip())
     assert seen == ["1.0 1 ['1.0'] ['alpha', 'gamma']", "2.0 2 ['2.0'] ['alpha', 'gamma']"]
+
+
+def test_run_with_on_warm_mounts_and_a_remount_put_back(base, vocker, vocker_home: Path, wheels_dir: Path, uv_env,
+                                                         tmp_path: Path) -> None:
+    """With warm mounts on, run --with runs on a warm mount of the derived image; a warm mount a
+    user remounted is back on its own image for the next user."""
+    import os
+
+    from mounthelp import wait_for
+    from test_warm import service_pids
+
+    import vocker as api
+
+    env = {**_with_env(wheels_dir, uv_env), "VOCKER_WARM_IDLE": "60"}
+    try:
+        for _ in range(2):
+            proc = vocker("run", base, "--with", "alpha==2.0", "--", "python", "-c", VERSIONS, env=env)
+            assert proc.stdout.strip() == "2.0 2 ['2.0'] ['alpha', 'gamma']"
+        assert "warm" in vocker("ps", "-a", env=env).stdout
+        old = os.environ.copy()
+        os.environ.update(env)
+        try:
+            vocker("install", base, "alpha==2.0", "-t", "up", *_offline(wheels_dir), env=env)
+            with api.mount(base, home=vocker_home) as where:
+                api.remount(where, "up", home=vocker_home)
+                assert _python(where, VERSIONS) == "2.0 2 ['2.0'] ['alpha', 'gamma']"
+            with api.mount(base, home=vocker_home) as again:
+                assert again == where  # the same warm mount, back on base
+                assert _python(again, VERSIONS) == "1.0 1 ['1.0'] ['alpha', 'gamma']"
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+    finally:
+        vocker("gc", env=env)
+        wait_for(lambda: not service_pids(vocker_home), timeout=5)
+
+
+def _python(where: Path, code: str) -> str:
+    import subprocess
+
+    return subprocess.run([where / "bin" / "python", "-c", code], capture_output=True, text=True, check=True,
+                          stdin=subprocess.DEVNULL).stdout.strip()

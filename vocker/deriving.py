@@ -11,6 +11,7 @@ plain build's key with the base added, so the second time installs nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -20,9 +21,10 @@ from typing import Callable, Iterator
 
 import attrs
 
-from . import containers, locks
-from .build import (BuildError, BuildRequest, BuildResult, IndexOptions, _run, _run_uv, installer, lock_for, lookup, options,
+from . import cbor, containers, locks
+from .build import (BuildError, BuildRequest, BuildResult, IndexOptions, _run, _run_uv, installer, lock_for, lookup, options, pip_config,
                     record_build)
+from .digest import digest_bytes
 from .errors import UsageError
 from .layering import Derived, NothingToCommit, commit
 from .mounting import mount, unmount
@@ -145,5 +147,24 @@ def build_from(store: Store, base_ref: str, req: BuildRequest, *, tag: str | Non
 
 def with_layer(store: Store, ref: str, specs: tuple[str, ...] | list[str], index: IndexOptions = IndexOptions(),
                on_step: Callable[[str], None] = lambda _msg: None) -> BuildResult:
-    """``run --with``: the image ``ref`` plus a cached layer installing ``specs`` (untagged)."""
-    return build_from(store, ref, BuildRequest(specs=tuple(specs), index=index), on_step=on_step)
+    """``run --with``: the image ``ref`` plus a cached layer installing ``specs`` (untagged).
+
+    As ``uv run --with`` reuses the environment it made for the same requirements, the layer
+    made for the same SPECs on the same image (and interpreter, options, indexes) is reused
+    without resolving again; ``vocker build --from`` re-locks."""
+    started = time.perf_counter()
+    base_id = store.resolve(ref)
+    python = base_interpreter(store, base_id)
+    facts = {k: python[k] for k in ("implementation", "version", "soabi", "platform")}
+    explicit = index.index_url or index.extra_index_urls or index.find_links or index.no_index
+    where = attrs.asdict(index if explicit else attrs.evolve(pip_config(), offline=index.offline))
+    key = digest_bytes(cbor.dumps({"with": sorted(specs), "from": base_id, "python": facts, "options": options(),
+                                   "index": json.dumps(where, sort_keys=True)}))
+    image_id = lookup(store, key)
+    if image_id is not None:
+        return BuildResult(image_id, True, None, "", key, False, time.perf_counter() - started)
+    result = build_from(store, base_id, BuildRequest(specs=tuple(specs), index=index), on_step=on_step)
+    assert result.image_id is not None
+    record_build(store, key, result.image_id, result.lock_text,
+                 {"python": facts, "options": options(), "from": base_id, "with": sorted(specs)}, None)
+    return result

@@ -158,12 +158,19 @@ def thin_run(argv: list[str]) -> int | None:
     if not command:
         return None
     from .home import default_home
+
+    return run_warm(default_home(), argv[1], command, prompt_name(argv[1]))
+
+
+def run_warm(store_root: Path, ref: str, command: list[str], prompt: str) -> int | None:
+    """Run ``command`` on a warm mount of image ``ref``: its exit code, or None when there is no
+    warm mount to have (or a bare python/pip the environment lacks, which the CLI refuses)."""
     from .shells import GUARDED
 
-    with lease(default_home(), argv[1]) as root:
+    with lease(store_root, ref) as root:
         if root is None:
             return None
-        env = activated_env(root, prompt=prompt_name(argv[1]))
+        env = activated_env(root, prompt=prompt)
         if command[0] in GUARDED and not os.access(root / "bin" / command[0], os.X_OK):
             return None
         try:

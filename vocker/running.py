@@ -12,7 +12,7 @@ from pathlib import Path
 from . import shells
 from .errors import CommandNotRunError
 from .mounting import mounted
-from .runclient import activated_env, prompt_name, wait_forwarding
+from .runclient import activated_env, idle_seconds, prompt_name, run_warm, wait_forwarding
 from .store import Store
 
 
@@ -44,6 +44,10 @@ def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = Fals
         from .ui import err
 
         ref = with_layer(store, ref, with_, on_step=lambda m: err.print(m, markup=False)).image_id
+        if not (read_only or python or allow_other or env or cwd or interactive_shell) and idle_seconds() > 0:
+            code = run_warm(store.root, ref, command, name)  # as 'vocker run IMAGE CMD' does
+            if code is not None:
+                return code
     # The mount point is named after the image, so that what names the venv after its
     # directory (the activate scripts' prompt) shows the image, not a random name; not
     # with a ':' (app:v1), which would split PATH.
