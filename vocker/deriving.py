@@ -68,10 +68,9 @@ def run_installer(mountpoint: str, args: list[str], *, uninstall: bool = False,
     """``uv pip install|uninstall`` (or pip's) against the environment mounted at ``mountpoint``."""
     python = str(Path(mountpoint, "bin", "python"))
     what = f"cannot {'uninstall' if uninstall else 'install'} {' '.join(args)}"
-    os.environ.setdefault("UV_LINK_MODE", "copy")  # the mount is another file system than uv's cache
-    if installer() == "uv":
+    if installer() == "uv":  # copies: the mount is another file system than uv's cache
         _run_uv(["pip", "uninstall" if uninstall else "install", "--quiet", "--python", python, *args,
-                 *([] if uninstall else index.uv_args())], what)
+                 *([] if uninstall else ["--link-mode", "copy", *index.uv_args()])], what)
         return
     action = ["uninstall", "--yes"] if uninstall else ["install", *index.uv_args()]
     _run([sys.executable, "-m", "pip", "--python", python, *action, "--quiet", "--disable-pip-version-check",
