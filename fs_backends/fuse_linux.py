@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import re
 import stat
@@ -22,7 +23,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # both libfuse2 and 3 may b
 
 import mfusepy as fuse  # noqa: E402
 
-from vocker.view import ContainerView, Detached, errno_of, split  # noqa: E402
+from vocker.view import Attr, ContainerView, Detached, errno_of, split  # noqa: E402
 
 CACHE_SECONDS = 60
 #: utimensat's markers, which libfuse passes as tv_nsec with tv_sec 0, so with use_ns mfusepy
@@ -37,6 +38,8 @@ _DIRENT = {kind: {"st_mode": kind, "st_ino": _UNKNOWN_INO} for kind in (0, stat.
 #: libfuse renames a file removed while open (or renamed over while open) to this name
 #: and removes that at its last close; the view removes the file at once instead.
 HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}\Z")
+#: What an image file held open across a remount is renamed to in the kernel (never in the view).
+ASIDE_PREFIX = ".vocker_aside"
 
 _invalidate_path = fuse._libfuse.fuse_invalidate_path
 _invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
@@ -93,6 +96,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def _stat(a: Attr) -> dict[str, int]:
+    return {"st_mode": a.mode, "st_size": a.size, "st_mtime": a.mtime_ns, "st_atime": a.atime_ns,
+            "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid,
+            "st_blocks": a.blocks, "st_ino": a.ino}
+
+
 class VockerFS(fuse.Operations):
     use_ns = True
 
@@ -104,6 +113,9 @@ class VockerFS(fuse.Operations):
         self._detached: dict[str, Detached] = {}
         view.invalidate = self._invalidate
         view.invalidate_entry = self._invalidate_entry
+        view.move_aside = self._move_aside
+        #: names an image file held open across a remount was moved to -> its attributes then
+        self._aside: dict[str, dict[str, int]] = {}
 
     def init(self, path: str) -> None:
         self._fuse = fuse._libfuse.fuse_get_context().contents.fuse
@@ -125,8 +137,26 @@ class VockerFS(fuse.Operations):
             name = parts[-1].encode("utf-8", "surrogateescape")
             _inval_entry(_get_session(self._fuse), parent, name, len(name))
 
+    def _move_aside(self, parts: tuple[str, ...]) -> None:
+        """Rename the kernel's name of an open image file to a hidden one (only libfuse's table
+        and the kernel's dentry move; the view is not asked): its inode, page cache and handles
+        stay with the processes holding it, and the path's next lookup makes a new inode. To be
+        called from outside a request; on a read-only mount (EROFS) the path just goes on."""
+        if self._fuse is None or not parts:
+            return
+        source = os.path.join(self.mountpoint, *parts)
+        target = os.path.join(self.mountpoint, *parts[:-1], f"{ASIDE_PREFIX}{os.urandom(8).hex()}")
+        try:
+            self._aside["/" + os.path.relpath(target, self.mountpoint)] = _stat(self.view.getattr(parts))
+            os.rename(source, target)
+        except OSError as exc:
+            logging.getLogger("vocker.swap").info("cannot keep %s apart for its readers: %s", source, exc)
+
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        aside = self._aside.get(path)
+        if aside is not None:
+            return aside
         try:
             a = self.view.getattr(split(path))
         except FileNotFoundError:
@@ -134,9 +164,7 @@ class VockerFS(fuse.Operations):
             if detached is None:
                 raise
             a = detached.getattr()
-        return {"st_mode": a.mode, "st_size": a.size, "st_mtime": a.mtime_ns, "st_atime": a.atime_ns,
-                "st_ctime": a.ctime_ns, "st_nlink": a.nlink, "st_uid": a.uid, "st_gid": a.gid,
-                "st_blocks": a.blocks, "st_ino": a.ino}
+        return _stat(a)
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
@@ -206,6 +234,8 @@ class VockerFS(fuse.Operations):
 
     @_errors
     def rename(self, old: str, new: str) -> int:
+        if new in self._aside:  # _move_aside: the kernel's and libfuse's names move, the view's does not
+            return 0
         if HIDDEN.search(new):
             if new in self._detached:
                 raise OSError(errno.EEXIST, new)

@@ -25,7 +25,7 @@ def test_the_api_does_what_the_cli_does(make_venv, vocker_home: Path, wheels_dir
                                         offline, capfd: pytest.CaptureFixture[str]) -> None:
     import vocker
     from vocker.build import IndexOptions
-    from vocker.errors import BuildError, NotFoundError, UsageError, VockerError
+    from vocker.errors import BuildError, NotFoundError, VockerError
 
     assert vocker.images(home=vocker_home) == []
     imported = vocker.import_venv(make_venv(tmp_path / "env"), "app", home=vocker_home)

@@ -1,6 +1,6 @@
 """vocker: reproducible Python environment images in a content-addressed store.
 
-The API (see vocker.api): images(), import_venv(), export(), build(), run(), mount();
+The API (see vocker.api): images(), import_venv(), export(), build(), run(), mount(), remount();
 errors are the exceptions of vocker.errors.
 """
 
@@ -11,7 +11,7 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-_API = ("images", "import_venv", "export", "build", "run", "mount", "Image")
+_API = ("images", "import_venv", "export", "build", "run", "mount", "remount", "Image")
 __all__ = ["__version__", *_API]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import attrs
 
@@ -32,7 +32,7 @@ from .runclient import lease
 from .store import Store
 
 __all__ = ["Image", "ImportResult", "ExportResult", "BuildResult", "IndexOptions",
-           "images", "import_venv", "export", "build", "run", "mount"]
+           "images", "import_venv", "export", "build", "run", "mount", "remount"]
 
 PathLike = str | Path
 
@@ -156,8 +156,12 @@ def run(ref: str, command: Sequence[str] | str, *, home: PathLike | None = None,
 
 @contextlib.contextmanager
 def mount(ref: str, path: PathLike | None = None, *, read_only: bool = False,
-          home: PathLike | None = None, python: PathLike | None = None) -> Iterator[Path]:
+          home: PathLike | None = None, python: PathLike | None = None,
+          with_: Iterable[str] = ()) -> Iterator[Path]:
     """Mount an image (throw-away writable layer) or a named container; always unmounts.
+
+    ``with_``: mount the image plus a cached layer that installs these SPECs over it (as
+    ``vocker run --with``), so a test suite can run against several versions of a dependency.
 
     ``path`` defaults to a warm mount of the image (vocker.warm: kept for the next use, its
     changes discarded when the block ends), or a new temporary directory when warm mounts are
@@ -165,6 +169,10 @@ def mount(ref: str, path: PathLike | None = None, *, read_only: bool = False,
     to the default store.
     """
     store = _store(home)
+    if with_:
+        from .deriving import with_layer
+
+        ref = with_layer(store, ref, tuple(with_)).image_id
     if path is None and not read_only and python is None:
         with lease(store.root, ref) as where:
             if where is not None:
@@ -174,3 +182,11 @@ def mount(ref: str, path: PathLike | None = None, *, read_only: bool = False,
                  python=Path(python) if python is not None else None) as where:
         yield where
 
+
+def remount(path: PathLike, ref: str, *, home: PathLike | None = None) -> None:
+    """Switch what ``mount`` gave (``path``) to image ``ref`` with the same Python, in place: its
+    writable layer stays, open files keep their bytes, new lookups see ``ref`` (vocker.swap).
+    A warm mount goes back to its own image when its block ends."""
+    from .swap import remount as swap_remount
+
+    swap_remount(_store(home), path, ref)

@@ -318,6 +318,17 @@ def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: P
              "python3-venv on Debian, or build with --no-seed)", env={**os.environ, "TMPDIR": str(dest.parent)})
 
 
+def record_build(store: Store, key: str, image_id: str, lock_text: str, info: dict[str, object],
+                 tag: str | None) -> None:
+    """Remember the image built for a cache key (and tag it), so the same key installs nothing again."""
+    with store.write() as conn:
+        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
+                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
+                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
+        if tag is not None:
+            store.set_tag(conn, tag, image_id)
+
+
 def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only: bool = False,
           test: Callable[[str], int] | None = None, reporter: Reporter | None = None,
           on_step: Callable[[str], None] = lambda _msg: None, progress: Progress | None = None) -> BuildResult:
@@ -353,26 +364,11 @@ def build(store: Store, req: BuildRequest, *, tag: str | None = None, lock_only:
         image_id, new = result.image_id, result.new
     else:
         new = False
-    if test is not None:
-        code = test(image_id)
-        if code != 0:
-            left = ""
-            if new and not store.image(image_id).tags:
-                store.remove(image_id)  # nothing of a failed build stays (its blobs go at the next gc)
-            elif not new:
-                left = " (it was in the store before this build)"
-            raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not "
-                             f"tagged{left}")
+    gate(store, image_id, new, test)
     info = {"python": {k: python[k] for k in ("implementation", "version", "soabi", "platform")},
             "options": options(req.seed), "input": lock.header.get("input", str(lock_path or "")),
             "pins": len(lock.pins), "index": attrs.asdict(req.index)}
-    with store.write() as conn:
-        if not cached:
-            conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
-                         'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
-                         'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
-        if tag is not None:
-            store.set_tag(conn, tag, image_id)
+    record_build(store, key, image_id, lock_text, info, tag, cached=cached)
     return BuildResult(image_id, cached, lock_path, lock_text, key, resolved, time.perf_counter() - started)
 
 

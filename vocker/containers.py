@@ -135,6 +135,12 @@ def _create(store: Store, image_id: str, name: str, *, persistent: bool) -> tupl
     return Container(name, image_id, time.time(), persistent), fd
 
 
+def set_image(store: Store, name: str, image_id: str) -> None:
+    """The container now shows another image under its writable layer (vocker.swap)."""
+    with store.write() as conn:
+        conn.execute("UPDATE containers SET image_id = ? WHERE name = ?", (image_id, name))
+
+
 def remove(store: Store, name: str, *, durable: bool = True) -> None:
     """Forget a container and delete its writable layer (the caller holds its lock, see :func:`claim`).
 

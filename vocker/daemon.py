@@ -98,16 +98,25 @@ def main(config: dict[str, Any]) -> int:
         flag.unlink(missing_ok=True)  # left by an unmount that did not finish
         if not config["audit"]:  # an audit mount shows other files (no bytecode, raw templates)
             view.recorder = readahead.Recorder(readahead.load(store, config["image_id"]))
-        if config.get("warm_control"):  # a warm mount: the service asks for a reset between uses
-            from . import warm
+        # The control socket: a warm mount's service asks for a reset between uses, 'vocker
+        # remount' for another image (vocker.swap).
+        from . import swap, warm
 
-            warm.serve_control(config["warm_control"].encode("latin-1"), view)
+        control: bytes | None = config["warm_control"].encode("latin-1") if config.get("warm_control") \
+            else swap.control_address(store, name)
+        try:
+            warm.serve_control(control, view, swap.Remounter(store, view, name, config["image_id"]))  # type: ignore[arg-type]
+        except OSError as exc:
+            if config.get("warm_control"):
+                raise
+            log.warning("no control socket (remount unavailable): %s", exc)
+            control = None
         if config.get("owner_pid"):
             threading.Thread(target=_watch_owner, args=(config["owner_pid"], config["mountpoint"]),
                              daemon=True).start()
         containers.record_mount(store, mountpoint, name, os.getpid(),
                                 {"read_only": config["read_only"], "audit": config["audit"],
-                                 "allow_other": config.get("allow_other", False),
+                                 "allow_other": config.get("allow_other", False), "control": control.decode("latin-1") if control else None,
                                  **({"warm": True} if config.get("warm_control") else {})})
         recorded = True
         log.info("serving container %s (image %s) at %s", name, config["image_id"], mountpoint)

@@ -95,7 +95,7 @@ class ImageLayer:
         files show. ``interpreter`` (probe info of a host Python) enables venv scaffolding and
         bytecode; ``audit`` shows templates with placeholders, as ``export --audit``."""
         self.store = store
-        #: the read-only layers, merged lazily: one object, so it could be replaced as a whole
+        #: the read-only layers, merged lazily: one object, replaced as a whole by replace_stack
         self.stack = LayerStack.of(store, manifest)
         self.audit = audit
         self.root_bytes = os.fsencode(root)
@@ -104,6 +104,7 @@ class ImageLayer:
         self.root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=manifest.layers[-1]), key=self.stack.root)
         # Plain dicts (atomic under the GIL, unlike an LRU) read by every FUSE thread; bounded by clearing.
         self._children: dict[Parts, dict[str, Lower]] = {}
+        self._generation = 0  # a listing made from an older stack is not memoised (replace_stack)
         self._contents: LRUCache = LRUCache(maxsize=256 << 20, getsizeof=len)
         self._contents_lock = threading.Lock()
         self._chunk_cache = ChunkCache()
@@ -121,10 +122,23 @@ class ImageLayer:
         self._compile_retry: dict[Parts, float] = {}  # source dir -> when a failed compile may be tried again
 
 
+    def replace_stack(self, manifest: Manifest) -> None:
+        """Serve another image's layers from now on (a remount: vocker.swap). Its Python must be
+        this one's, so the scaffolding and bytecode stay; contents are cached by digest, so they
+        stay too. Nodes already handed out (open files) keep reading what they name."""
+        assert manifest.python == self.facts
+        stack = LayerStack.of(self.store, manifest)
+        self._generation += 1
+        self.stack = stack
+        self.root = Lower(Kind.DIR, entry=Entry("", Kind.DIR, digest=manifest.layers[-1]), key=stack.root)
+        self._children.clear()
+        self._infos_fetched.clear()
+
     def children(self, parts: Parts) -> dict[str, Lower] | None:
         hit = self._children.get(parts)
         if hit is not None:
             return hit
+        generation = self._generation
         node = self.node(parts)
         if node is None or node.kind is not Kind.DIR:
             return None
@@ -147,7 +161,10 @@ class ImageLayer:
             children["__pycache__"] = Lower(Kind.DIR, pyc_dir=parts)
         if len(self._children) > 100_000:
             self._children.clear()
-        self._children[parts] = children
+        if generation == self._generation:
+            self._children[parts] = children
+            if generation != self._generation:  # replaced meanwhile: made from the old stack
+                self._children.pop(parts, None)
         return children
 
     def _entry_node(self, parts: Parts, e: Entry, key: Key | None) -> Lower:

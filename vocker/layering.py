@@ -35,6 +35,10 @@ from .tree import Kind
 COMMIT_TRIES = 5
 
 
+class NothingToCommit(UsageError):
+    """The container's files are its image's: no layer to add."""
+
+
 @attrs.frozen
 class Derived:
     image_id: str
@@ -174,8 +178,9 @@ def mountpoint_of(store: Store, name: str) -> str | None:
 
 
 def commit(store: Store, name: str, tag: str | None, message: str = "", *,
-           reporter: Reporter | None = None) -> Derived:
-    """The container's changes as one new layer on top of its image (see the module's doc)."""
+           reporter: Reporter | None = None, created_by: str = "commit") -> Derived:
+    """The container's changes as one new layer on top of its image (see the module's doc);
+    ``created_by`` names what made them in the image's history (commit, install, ...)."""
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     container = containers.get(store, name)
@@ -188,7 +193,7 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
     paths = normalize.VenvPaths.of(where, os.path.realpath(where)) if where and manifest.python else None
     with store.lock_shared():
         if not upper.is_dir():
-            raise UsageError(f"nothing to commit: container {name} has no changes")
+            raise NothingToCommit(f"nothing to commit: container {name} has no changes")
         for _ in range(COMMIT_TRIES):
             with _paused(live.mountpoint if live else None, live.pid if live else None):
                 before = _snapshot(str(upper))
@@ -209,15 +214,15 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
             store.hold_trees(pending)
             layer = layer_between(store, flat_root(store, manifest), new_flat, pending)
             if layer is None:
-                raise UsageError(f"nothing to commit: container {name} has no changes to its image")
+                raise NothingToCommit(f"nothing to commit: container {name} has no changes to its image")
             store.hold_trees(pending)
             derived = Manifest(manifest.kind, manifest.layers + (layer,), manifest.python)
             base = store.image(container.image_id).provenance
             provenance = {k: base[k] for k in ("base_interpreter",) if k in base}
-            provenance.update(created_by=f"vocker {__version__} commit", created=_now(), container=name,
+            provenance.update(created_by=f"vocker {__version__} {created_by}", created=_now(), container=name,
                               host_platform=platform.platform(), parent=container.image_id,
                               history=history(store, container.image_id) + [
-                                  {"created_by": "commit", "message": message, "created": _now()}])
+                                  {"created_by": created_by, "message": message, "created": _now()}])
             objects = _reachable_new(store, layer, pending) | _reachable_new(store, new_flat, pending)
         except BaseException:
             store.blobs.discard(staged)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pytest
 
@@ -32,19 +32,21 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 @pytest.fixture
 def vocker_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
-    """Factory ``vocker_mount(ref, *, read_only=False, home=None) -> Path``."""
+    """Factory ``vocker_mount(ref, *, read_only=False, home=None, with_=()) -> Path``; ``with_``
+    adds a cached layer installing those SPECs (``with_=["alpha==2.0"]``, as ``run --with``)."""
     from .api import mount
     from .fusecheck import problem
     from .runclient import idle_seconds
 
     stack = contextlib.ExitStack()
 
-    def _mount(ref: str, *, read_only: bool = False, home: str | Path | None = None) -> Path:
+    def _mount(ref: str, *, read_only: bool = False, home: str | Path | None = None,
+               with_: Iterable[str] = ()) -> Path:
         why = problem()
         if why:
             pytest.skip(f"vocker_mount: {why}")
         where = tmp_path_factory.mktemp("vocker-mount") if read_only or idle_seconds() <= 0 else None
-        return stack.enter_context(mount(ref, where, read_only=read_only, home=home))
+        return stack.enter_context(mount(ref, where, read_only=read_only, home=home, with_=with_))
 
     with stack:
         yield _mount

@@ -151,18 +151,26 @@ def thin_run(argv: list[str]) -> int | None:
     """``vocker run IMAGE [--] COMMAND...`` on a warm mount: the exit code, or None to leave the
     command to the full CLI (an option, warm mounts off, no warm mount to have, a bare
     python/pip the environment lacks, which the CLI refuses in one line)."""
-    if len(argv) < 3 or argv[0] != "run" or argv[1].startswith("-") or idle_seconds() <= 0:
+    if len(argv) < 3 or argv[0] != "run" or argv[1].startswith("-") or argv[2].startswith("--with") \
+            or idle_seconds() <= 0:
         return None
     command = argv[3:] if argv[2] == "--" else argv[2:]
     if not command:
         return None
     from .home import default_home
+
+    return run_warm(default_home(), argv[1], command, prompt_name(argv[1]))
+
+
+def run_warm(store_root: Path, ref: str, command: list[str], prompt: str) -> int | None:
+    """Run ``command`` on a warm mount of image ``ref``: its exit code, or None when there is no
+    warm mount to have (or a bare python/pip the environment lacks, which the CLI refuses)."""
     from .shells import GUARDED
 
-    with lease(default_home(), argv[1]) as root:
+    with lease(store_root, ref) as root:
         if root is None:
             return None
-        env = activated_env(root, prompt=prompt_name(argv[1]))
+        env = activated_env(root, prompt=prompt)
         if command[0] in GUARDED and not os.access(root / "bin" / command[0], os.X_OK):
             return None
         try:

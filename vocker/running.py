@@ -12,7 +12,7 @@ from pathlib import Path
 from . import shells
 from .errors import CommandNotRunError
 from .mounting import mounted
-from .runclient import activated_env, prompt_name, wait_forwarding
+from .runclient import activated_env, idle_seconds, prompt_name, run_warm, wait_forwarding
 from .store import Store
 
 
@@ -29,15 +29,25 @@ def check_inside(command: list[str], root: Path, path: str, prompt: str) -> None
 
 def run_in(store: Store, ref: str, command: list[str], *, read_only: bool = False, python: Path | None = None,
            allow_other: bool = False, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-           interactive_shell: bool = False) -> int:
+           interactive_shell: bool = False, with_: tuple[str, ...] = ()) -> int:
     """Mount ``ref``, run ``command`` with the environment active, unmount; the command's exit code.
 
     ``env`` adds variables; ``interactive_shell``: ``command`` is a shell, started so that the
-    environment wins over the user's start-up files (see :mod:`vocker.shells`).
+    environment wins over the user's start-up files (see :mod:`vocker.shells`); ``with_``: run
+    on ``ref`` plus a cached layer installing these SPECs (vocker.deriving.with_layer).
     """
     if command and command[0] == "--":
         command = command[1:]
     name = prompt_name(ref)
+    if with_:
+        from .deriving import with_layer
+        from .ui import err
+
+        ref = with_layer(store, ref, with_, on_step=lambda m: err.print(m, markup=False)).image_id
+        if not (read_only or python or allow_other or env or cwd or interactive_shell) and idle_seconds() > 0:
+            code = run_warm(store.root, ref, command, name)  # as 'vocker run IMAGE CMD' does
+            if code is not None:
+                return code
     # The mount point is named after the image, so that what names the venv after its
     # directory (the activate scripts' prompt) shows the image, not a random name; not
     # with a ':' (app:v1), which would split PATH.

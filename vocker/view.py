@@ -200,6 +200,9 @@ class ContainerView:
         self.invalidate: Callable[[Parts], None] | None = None
         #: Called (by warm mounts, from outside any request) to drop the kernel's cached name of a path.
         self.invalidate_entry: Callable[[Parts], None] | None = None
+        #: Called (by a remount, from outside any request) to move the kernel's name of an image file
+        #: held open aside, so that the path's next lookup gets a new inode (vocker.swap).
+        self.move_aside: Callable[[Parts], None] | None = None
         #: Notes lower-layer reads for the image's read-ahead profile while set (vocker.readahead).
         self.recorder: Recorder | None = None
         self._numbers = Numbers()
@@ -851,6 +854,21 @@ class ContainerView:
         if st.st_nlink > 1:
             self._links.moved(old, new)
             self._invalidate_links(new, st)
+
+    # -- another image (remount) -------------------------------------------------
+
+    def open_image_files(self) -> set[Parts]:
+        """The image files some handle is reading (not copied up): what a remount must keep."""
+        return {h.parts for h in list(self._handles.values()) if isinstance(h, _LowerHandle) and h.upper_fd < 0}
+
+    def replace_image(self, manifest: Manifest) -> None:
+        """Show another image (same Python) under the same writable layer from now on. Open
+        handles keep the nodes they opened; every memoised lookup goes."""
+        with self._mutating():
+            self.image.replace_stack(manifest)
+            self.manifest = manifest
+            self.recorder = None  # what is read now is another image's start-up
+            self._forget_all()
 
     # -- reuse (warm mounts) -----------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .store import Store
+    from .swap import Remounter
     from .view import ContainerView
 
 #: How long a reset waits for the files the last run left open in the writable layer to close
@@ -56,8 +57,10 @@ def same_user(conn: socket.socket) -> bool:
     return struct.unpack("3i", creds)[1] == os.getuid()
 
 
-def serve_control(address: bytes, view: ContainerView) -> None:
-    """Answer ``reset`` on ``address`` (a daemon thread) with ``ok``, or ``busy`` when it could not."""
+def serve_control(address: bytes, view: ContainerView, remount: Remounter | None = None) -> None:
+    """Answer on ``address`` (a daemon thread): ``reset`` with ``ok``, or ``busy`` when it could not
+    (a reset also puts a remounted warm mount back on its image); ``remount IMAGE_ID`` with what
+    ``remount`` answers (vocker.swap), or ``error: ...``."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(4)
@@ -66,14 +69,23 @@ def serve_control(address: bytes, view: ContainerView) -> None:
         while True:
             conn, _ = listener.accept()
             with conn:
+                request = b""
                 try:
                     if not same_user(conn):
                         continue
                     conn.settimeout(10)
-                    if conn.recv(64).strip() == b"reset":
-                        conn.sendall(b"ok\n" if reset(view) else b"busy\n")
+                    request = conn.recv(256).strip()
+                    if request == b"reset":
+                        done = reset(view)
+                        if done and remount is not None:
+                            remount.restore()
+                        conn.sendall(b"ok\n" if done else b"busy\n")
+                    elif request.startswith(b"remount ") and remount is not None:
+                        conn.sendall(remount(request[len(b"remount "):].decode()).encode() + b"\n")
+                    else:
+                        conn.sendall(b"error: unknown request\n")
                 except Exception as exc:  # the service retires a mount whose reset failed
-                    log.warning("reset failed: %s", exc)
+                    log.warning("%s failed: %s", request[:8].decode(errors="replace") or "request", exc)
                     with contextlib.suppress(OSError):
                         conn.sendall(f"error: {exc}\n".encode())
 

@@ -15,7 +15,7 @@ import click
 from .. import interrupts
 from ..errors import VockerError
 from ..ui import err
-from . import builds, completion, containers, images, layers, share, upkeep  # noqa: F401  (they register their commands)
+from . import builds, completion, containers, derive, images, layers, share, swap, upkeep  # noqa: F401  (they register their commands)
 from .common import OwnFailure, cli
 
 __all__ = ["cli", "main"]

@@ -71,6 +71,8 @@ seed_option = click.option("--no-seed", "no_seed", is_flag=True,
               help="requirements.txt, an existing lock, or pyproject.toml (its dependencies; the project "
                    "itself is not installed: build its wheel and give that as SPEC).")
 @click.option("--python", metavar="3.X|PATH", help="Interpreter to build for (default: the one running vocker).")
+@click.option("--from", "base", metavar="IMAGE", shell_complete=complete_images,
+              help="Build one layer on top of IMAGE, with its interpreter (cached per base image).")
 @click.option("-t", "--tag", metavar="NAME[:TAG]", help="Tag the image (TAG defaults to 'latest').")
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write the lock (default: beside the input, NAME.txt -> NAME.lock, FILE -> FILE.lock).")
@@ -82,16 +84,18 @@ seed_option = click.option("--no-seed", "no_seed", is_flag=True,
 @seed_option
 @index_options
 @with_store_options
-def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | None, tag: str | None,
-              lock_path: Path | None, lock_only: bool, upgrade: bool, test_cmd: str | None, no_seed: bool,
-              **index: Any) -> None:
+def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | None, base: str | None,
+              tag: str | None, lock_path: Path | None, lock_only: bool, upgrade: bool, test_cmd: str | None,
+              no_seed: bool, **index: Any) -> None:
     """Build an image from requirements: resolve a lock, install exactly it, import.
 
     SPECs are requirements as uv takes them: 'rich>=13', a local wheel ./dist/x.whl,
     'pkg @ file:///path/pkg.whl' or a URL (pinned by hash in the lock). The cache key is
     the pinned lock + interpreter + platform + options: building the same lock again
     returns the stored image without installing anything. pip is seeded into the image
-    (from the interpreter's ensurepip) unless --no-seed.
+    (from the interpreter's ensurepip) unless --no-seed. With --from IMAGE the lock is
+    installed over IMAGE with its interpreter and committed as one layer; the key also
+    holds IMAGE's ID.
     """
     from ..build import BuildRequest, build
 
@@ -113,8 +117,15 @@ def build_cmd(specs: tuple[str, ...], requirements: Path | None, python: str | N
         return run_in(store, image_id, ["/bin/sh", "-c", test_cmd or "true"])
 
     with _build_errors(steps):
-        result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
-                       reporter=RichReporter(), on_step=steps.step, progress=steps.progress)
+        if base is not None:
+            from ..deriving import build_from
+
+            result = build_from(store, base, req, tag=tag, lock_only=lock_only,
+                                test=run_test if test_cmd else None, reporter=RichReporter(), on_step=steps.step,
+                                progress=steps.progress)
+        else:
+            result = build(store, req, tag=tag, lock_only=lock_only, test=run_test if test_cmd else None,
+                           reporter=RichReporter(), on_step=steps.step, progress=steps.progress)
     where = f" -> {result.lock_path}" if result.lock_path else ""
     out.print(f"lock: {'resolved' if result.resolved else 'up to date'}{where}", markup=False)
     if lock_only:

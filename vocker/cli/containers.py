@@ -176,10 +176,12 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
 @click.option("--read-only", is_flag=True, help="Mount without a writable layer.")
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment.")
+@click.option("--with", "with_", metavar="SPEC", multiple=True,
+              help="Run on IMAGE plus a cached layer installing SPEC (repeatable; also 'IMAGE --with SPEC... --').")
 @allow_other_option
 @own_failures_exit(RUN_FAILED)
 def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: Path | None, read_only: bool,
-            python: Path | None, allow_other: bool) -> None:
+            python: Path | None, with_: tuple[str, ...], allow_other: bool) -> None:
     """Run COMMAND with the environment mounted and active, and exit with its exit code.
 
     Options go before IMAGE: everything after it is COMMAND's ('vocker run app python -h'
@@ -194,11 +196,30 @@ def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: P
     'vocker run IMAGE COMMAND' (no options) keeps the image's mount warm for the next run
     instead of unmounting it (VOCKER_WARM_IDLE seconds, default 300; 0 turns it off), its
     changes discarded.
+
+    '--with SPEC' (as uv run --with) runs on IMAGE plus a layer that installs SPEC over it,
+    built once and cached (by IMAGE's ID and the pinned set): the next run installs nothing.
+    A version it replaces is gone, not shadowed: metadata, pip list, scripts and imports
+    all see one version.
     """
     from ..running import run_in
 
-    sys.exit(run_in(open_store(), ref, list(command), read_only=read_only, python=python, allow_other=allow_other,
-                    env=_variables(env), cwd=workdir))
+    extra, rest = _with_after_image(command)
+    sys.exit(run_in(open_store(), ref, rest, read_only=read_only, python=python, allow_other=allow_other,
+                    env=_variables(env), cwd=workdir, with_=with_ + extra))
+
+
+def _with_after_image(command: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """``IMAGE --with SPEC... -- COMMAND``: the SPECs given after IMAGE, and the command."""
+    if not command or not (command[0] == "--with" or command[0].startswith("--with=")):
+        return (), list(command)
+    if "--" not in command:
+        raise click.UsageError("'IMAGE --with SPEC...' needs '--' before COMMAND")
+    end = command.index("--")
+    specs = [s.removeprefix("--with=") for s in command[:end] if s != "--with"]
+    if not specs or not command[end + 1:]:
+        raise click.UsageError("'--with' needs a SPEC, and '--' a COMMAND after it")
+    return tuple(specs), list(command[end + 1:])
 
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
