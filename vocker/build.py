@@ -318,13 +318,31 @@ def install(lock_text: str, python: dict[str, str], index: IndexOptions, dest: P
              "python3-venv on Debian, or build with --no-seed)", env={**os.environ, "TMPDIR": str(dest.parent)})
 
 
+def gate(store: Store, image_id: str, new: bool, test: Callable[[str], int] | None) -> None:
+    """A build's --test, on a cache hit too (a gate that can be skipped is none): a failure tags
+    nothing, and a new image that failed is removed again (its blobs go at the next gc)."""
+    if test is None:
+        return
+    code = test(image_id)
+    if code == 0:
+        return
+    left = ""
+    if new and not store.image(image_id).tags:
+        store.remove(image_id)
+    elif not new:
+        left = " (it was in the store before this build)"
+    raise BuildError(f"the build's test failed (exit code {code}); image {image_id[7:19]} was not tagged{left}")
+
+
 def record_build(store: Store, key: str, image_id: str, lock_text: str, info: dict[str, object],
-                 tag: str | None) -> None:
-    """Remember the image built for a cache key (and tag it), so the same key installs nothing again."""
+                 tag: str | None, *, cached: bool = False) -> None:
+    """Remember the image built for a cache key (unless it came from there: ``cached``) and tag
+    it, so the same key installs nothing again."""
     with store.write() as conn:
-        conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
-                     'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
-                     'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
+        if not cached:
+            conn.execute('INSERT INTO builds ("key", image_id, lock, info, created) VALUES (?, ?, ?, ?, ?) '
+                         'ON CONFLICT ("key") DO UPDATE SET image_id = excluded.image_id, lock = excluded.lock, '
+                         'info = excluded.info', (key, image_id, lock_text, json.dumps(info), time.time()))
         if tag is not None:
             store.set_tag(conn, tag, image_id)
 
