@@ -28,21 +28,6 @@ def _summary(t, what_moved: str) -> str:  # type: ignore[no-untyped-def]
             f"{t.skipped} already there ({human_size(t.skipped_bytes)}) in {t.seconds:.2f}s")
 
 
-def _local_tag(remote, name: str, given: str | None) -> str | None:  # type: ignore[no-untyped-def]
-    """The tag a pulled image gets: --tag, else the remote repository's name and tag when valid here."""
-    if given:
-        return refs.new_tag(given)
-    from ..digest import is_digest
-    from ..oci.registry import Registry
-
-    if is_digest(name):
-        return None
-    repo = remote.repo if isinstance(remote, Registry) else Path(remote.name.rstrip("/")).name
-    with contextlib.suppress(UsageError):
-        return refs.new_tag(f"{repo}:{name}")
-    return None
-
-
 @cli.command("push")
 @click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @click.argument("ref", metavar="REF")
@@ -82,14 +67,19 @@ def pull_cmd(ref: str, tag: str | None, insecure: bool, jobs: int | None) -> Non
     """Fetch an image from a registry, an image layout directory, a file:// or an http(s):// URL.
 
     Only the file contents the store lacks are fetched, each checked against its digest
-    before it is recorded; an interrupted pull resumes where it stopped.
+    before it is recorded; an interrupted pull resumes where it stopped. A partial image
+    (mounted lazily) is completed: pull its REF again, or its local NAME.
     """
     from ..oci.artifact import pull
-    from ..oci.registry import locate
+    from ..oci.lazy import source_of
+    from ..oci.registry import is_remote_ref, local_tag, locate
 
     store = open_store()
+    source = None if is_remote_ref(ref) else source_of(store, ref)
+    if source is not None:  # a local partial image: completed from where it came from
+        ref, insecure = source["ref"], insecure or bool(source.get("insecure"))
     remote, name = locate(ref, insecure=insecure)
-    local = _local_tag(remote, name, tag)
+    local = local_tag(remote, name, tag)
     t = pull(store, remote, name, local, RichReporter(), jobs, provenance={"pulled_from": ref})
     what = "Pulled" if t.new else "Already in store:"
     out.print(f"{what} {ref} as {local or t.image_id}: {_summary(t, 'fetched')}", markup=False)
