@@ -106,19 +106,23 @@ def test_lazy_mount_fetches_only_what_is_read_and_pull_completes_it(tmp_path, ma
     other("push", "team/app:v1", tmp_path / "layout")
 
 
-def test_partial_image_refuses_push_in_one_line(tmp_path, make_venv, vocker, other, servers) -> None:  # noqa: F811
+def test_run_of_a_remote_ref_is_lazy_and_a_partial_image_refuses_push(tmp_path, make_venv, vocker, other,
+                                                                      servers) -> None:  # noqa: F811
     reg = start_registry(tmp_path / "registry")
     servers.append(reg)
     vocker("image", "import", app_venv(make_venv, tmp_path / "env"), "-t", "app")
     vocker("push", "app", f"{reg.address}/app:v1")
-    other("mount", f"{reg.address}/app:v1", tmp_path / "mnt")
-    try:
-        proc = other("push", "app:v1", tmp_path / "layout", check=False)
+    total = blobs_of(vocker)
+    ran = other("run", f"{reg.address}/app:v1", "python", "-c", "import gamma.big; print(gamma.big.SIZE)")
+    assert ran.stdout.split() == ["4096"]
+    assert images(other)[0]["partial"] is True and images(other)[0]["tags"] == ["app:v1"]
+    assert len(blobs_of(other) & total) < len(total) / 2
+    for cmd in (("push", "app:v1", tmp_path / "layout"), ("save", "app:v1", "-o", tmp_path / "app.tar")):
+        proc = other(*cmd, check=False)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("vocker: error: image "), lines
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("vocker: error: image app:v1 is partial"), lines
         assert "is partial (mounted lazily, its file contents not all here); 'vocker pull' it first" in lines[0]
-    finally:
-        unmount(other, tmp_path / "mnt")
+    assert not (tmp_path / "app.tar").exists()
 
 
 def _layout_frames(layout: Path) -> list[tuple[str, int, int, str]]:

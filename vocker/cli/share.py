@@ -39,7 +39,7 @@ def push_cmd(image_ref: str, ref: str, insecure: bool, jobs: int | None) -> None
     File contents travel in packs of a few MiB; only the blobs the other side lacks are sent,
     so pushing an image that differs in one package sends about that package.
     """
-    from ..oci.artifact import push
+    from ..oci.artifact import check_complete, push
     from ..oci.registry import Registry, locate
 
     store = open_store()
@@ -47,6 +47,7 @@ def push_cmd(image_ref: str, ref: str, insecure: bool, jobs: int | None) -> None
     if "@" in ref:
         raise UsageError("push to a tag (REF[:TAG]), not to a digest")
     image_id = store.resolve(image_ref)
+    check_complete(store, image_id, image_ref)
     if isinstance(remote, Registry):
         source = store.image(image_id).provenance.get("pulled_from")
         if isinstance(source, str):
@@ -116,12 +117,14 @@ def save_cmd(image_refs: tuple[str, ...], output: str) -> None:
 
     It holds exactly the objects the images need, compressed, each once.
     """
-    from ..oci.artifact import push
+    from ..oci.artifact import check_complete, push
     from ..oci.layout import TarWriter
 
     started = time.perf_counter()
     store = open_store()
     ids = [(ref, store.resolve(ref)) for ref in image_refs]
+    for ref, image_id in ids:
+        check_complete(store, image_id, ref)  # before the file is begun
     moved = 0
     with _output(output) as stream:
         writer = TarWriter.open(stream)

@@ -103,15 +103,20 @@ def trees_blob(root: str, nodes: dict[str, bytes]) -> bytes:
     return pyzstd.compress(body, 3)
 
 
+def check_complete(store: Store, image_id: str, shown: str) -> None:
+    """Refuse to send a partial image (a lazy mount's): its contents are not all here."""
+    if image_id in store.partial_images():
+        raise UsageError(f"image {shown} is partial (mounted lazily, its file contents not all here); "
+                         "'vocker pull' it first")
+
+
 def push(store: Store, image_ref: str, remote: Remote, tag: str, reporter: Reporter | None = None,
          workers: int | None = None) -> Transfer:
     """Send an image to ``remote`` under ``tag``: only the blobs it lacks."""
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     image_id = store.resolve(image_ref)
-    if image_id in store.partial_images():
-        raise UsageError(f"image {image_ref} is partial (mounted lazily, its file contents not all here); "
-                         "'vocker pull' it first")
+    check_complete(store, image_id, image_ref)
     result = Transfer(image_id=image_id, tag=tag)
     config = store.object_bytes(image_id, "manifest")
     manifest = Manifest.decode(config)
