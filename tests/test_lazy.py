@@ -29,13 +29,14 @@ WAIT = 3
 
 
 def app_venv(make_venv, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    """A venv of the test packages plus a big package nobody imports (6 x 100 kB random files)."""
+    """A venv of the test packages plus a big package nobody imports (6 x 200 kB random files: more
+    than a lazy mount fetches ahead)."""
     env = make_venv(path, packages=("alpha==1.0", "beta", "gamma"))
     site = next(env.glob("lib/python*/site-packages"))
     rng = random.Random(14)
     for n in range(6):
         (site / "bigpkg").mkdir(exist_ok=True)
-        (site / "bigpkg" / f"blob{n}.bin").write_bytes(rng.randbytes(100_000))
+        (site / "bigpkg" / f"blob{n}.bin").write_bytes(rng.randbytes(200_000))
     return env
 
 

@@ -134,11 +134,15 @@ class Store:
         return out
 
     def prefetch_blob_infos(self, digests: Iterable[str]) -> None:
-        """Cache the recorded facts of the blobs not cached yet, in a few queries."""
+        """Cache the recorded facts of the blobs not cached yet, in a few queries; contents a
+        partial image lacks are fetched ahead (a directory's first read: its files come next)."""
         with self._cache_lock:
             wanted = [d for d in digests if d not in self._infos]
         if wanted:
-            self.blob_infos(wanted)
+            found = self.blob_infos(wanted)
+            missing = [d for d in wanted if d not in found]
+            if missing and self._lazy_source(missing[0]) is not None:
+                self._lazy.prefetch(missing)
 
     def content_info(self, entry: "Entry") -> BlobInfo:
         """The blob of a file entry, which must hold exactly the size the entry records: a

@@ -44,6 +44,11 @@ WAIT = float(os.environ.get("VOCKER_LAZY_WAIT", "20"))
 COMMIT_EVERY = 0.5
 #: Parallel fetches (FUSE serves reads on several threads).
 WORKERS = 8
+#: A directory's first read fetches its other contents up to this size ahead, in parallel (an
+#: `import` reads most small files of each package it enters; one by one, each would wait a
+#: round trip), on PREFETCHERS threads of their own so that a read never queues behind them.
+PREFETCH_MAX = 128 << 10
+PREFETCHERS = 4
 
 
 @attrs.frozen
@@ -92,7 +97,16 @@ def local_ref(store: Store, ref: str, insecure: bool = False) -> tuple[str, Tran
         ref = os.path.abspath(os.path.expanduser(ref))
     remote, name = locate(ref, insecure=insecure)
     tag = local_tag(remote, name, None)
-    t = lazy_pull(store, remote, name, tag, {"ref": ref, "insecure": insecure}, provenance={"pulled_from": ref})
+    try:
+        t = lazy_pull(store, remote, name, tag, {"ref": ref, "insecure": insecure}, provenance={"pulled_from": ref})
+    except TransferError as exc:  # unreachable: what the store has under that name, as docker run does
+        if tag is None or not exc.transient:
+            raise
+        try:
+            store.resolve(tag)
+        except VockerError:
+            raise exc from None
+        return tag, None
     return tag or t.image_id, t
 
 
@@ -109,6 +123,7 @@ class Fetcher:
         self._inflight: dict[str, concurrent.futures.Future[bytes]] = {}
         self._fresh: dict[str, tuple[Staged | None, bytes]] = {}  # served, not recorded yet
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="vocker-lazy")
+        self._ahead = concurrent.futures.ThreadPoolExecutor(PREFETCHERS, thread_name_prefix="vocker-lazy-ahead")
         self._committer: threading.Thread | None = None
         self.fetched_bytes = 0
         self._load()
@@ -144,14 +159,56 @@ class Fetcher:
             if fresh is not None:
                 return fresh[1]
             future = self._inflight.get(digest)
-            if future is None:
-                future = self._inflight[digest] = self._pool.submit(self._fetch, digest)
-                future.add_done_callback(lambda _f, d=digest: self._inflight.pop(d, None))
+            if future is None or future.cancel():  # not asked yet, or only queued to be fetched ahead
+                future = self._submit(self._pool, digest)
         try:
             return future.result(timeout=WAIT)
         except concurrent.futures.TimeoutError:
             raise TransferError(f"the content {digest} did not arrive within {WAIT:g}s "
                                 f"from {json.loads(self._where[digest].source)['ref']}", transient=True) from None
+
+    def _submit(self, pool: concurrent.futures.ThreadPoolExecutor, digest: str) -> concurrent.futures.Future[bytes]:
+        """Called with the lock held."""
+        future = self._inflight[digest] = pool.submit(self._fetch, digest)
+        future.add_done_callback(lambda f, d=digest: self._inflight.get(d) is f and self._inflight.pop(d))
+        return future
+
+    def prefetch(self, digests: list[str]) -> None:
+        """Fetch these contents ahead (the small ones this fetcher knows), without waiting: one
+        job per pack, whose neighbouring frames come in one range (fetch_frames)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        with self._lock:
+            for d in dict.fromkeys(digests):
+                where = self._where.get(d)
+                if where is not None and where.frame.size <= PREFETCH_MAX and d not in self._fresh \
+                        and d not in self._inflight:
+                    groups.setdefault((where.source, where.pack["digest"]), []).append(d)
+            for group in groups.values():
+                futures: dict[str, concurrent.futures.Future[bytes]] = {}
+                for d in group:
+                    futures[d] = self._inflight[d] = concurrent.futures.Future()
+                    futures[d].add_done_callback(lambda f, d=d: self._inflight.get(d) is f and self._inflight.pop(d))
+                self._ahead.submit(self._fetch_ahead, futures)
+
+    def _fetch_ahead(self, futures: dict[str, concurrent.futures.Future[bytes]]) -> None:
+        """Fetch a pack's contents for the futures no reader took over (fetch cancels a queued one)."""
+        wanted = sorted((d for d, f in futures.items() if f.set_running_or_notify_cancel()),
+                        key=lambda d: self._where[d].frame.offset)
+        if not wanted:
+            return
+        where = self._where[wanted[0]]
+        try:
+            got = fetch_frames(self._remote(where.source), where.pack, [self._where[d].frame for d in wanted],
+                               Transfer())
+            for f, stored, data in got:
+                self.fetched_bytes += len(stored)
+                self._keep(f.digest, stored, data)
+                futures[f.digest].set_result(data)
+        except BaseException as exc:  # the readers of these contents meet it (or fetch them alone)
+            log.warning("cannot fetch ahead from %s: %s", where.pack["digest"], exc)
+            for d in wanted:
+                if not futures[d].done():
+                    futures[d].set_exception(exc)
 
     def _remote(self, source: str) -> Remote:
         with self._lock:
