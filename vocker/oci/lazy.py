@@ -125,7 +125,6 @@ class Fetcher:
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="vocker-lazy")
         self._ahead = concurrent.futures.ThreadPoolExecutor(PREFETCHERS, thread_name_prefix="vocker-lazy-ahead")
         self._committer: threading.Thread | None = None
-        self.fetched_bytes = 0
         self._load()
 
     def _load(self) -> None:
@@ -201,7 +200,6 @@ class Fetcher:
             got = fetch_frames(self._remote(where.source), where.pack, [self._where[d].frame for d in wanted],
                                Transfer())
             for f, stored, data in got:
-                self.fetched_bytes += len(stored)
                 self._keep(f.digest, stored, data)
                 futures[f.digest].set_result(data)
         except BaseException as exc:  # the readers of these contents meet it (or fetch them alone)
@@ -227,7 +225,6 @@ class Fetcher:
         except VockerError as exc:
             log.error("cannot fetch %s: %s", digest, exc)
             raise
-        self.fetched_bytes += len(stored)
         log.debug("fetched %s (%d bytes) in %.3f s", digest, len(stored), time.perf_counter() - started)
         self._keep(digest, stored, data)
         return data
