@@ -163,7 +163,7 @@ def test_images_in_a_pipe_are_whole_rows_and_json_has_stable_keys(vocker, tmp_pa
     assert any(line.split()[1] == "short:latest,short:v2" for line in lines[1:]), listed
 
     doc = json.loads(vocker("images", "--format", "json", env=narrow).stdout)
-    assert [set(d) for d in doc] == [{"id", "tags", "kind", "python", "files", "size", "created"}] * 2
+    assert [set(d) for d in doc] == [{"id", "tags", "kind", "python", "files", "size", "created", "partial"}] * 2
     by_tag = {t: d for d in doc for t in d["tags"]}
     assert by_tag["short:v2"]["tags"] == ["short:latest", "short:v2"] and by_tag[LONG_TAG]["kind"] == "tree"
     assert by_tag[LONG_TAG]["id"].startswith("sha256:") and len(by_tag[LONG_TAG]["id"]) == 71

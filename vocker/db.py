@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 #: Bumped whenever SCHEMA changes; a store's ``PRAGMA user_version`` records the one it has.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 -- Content blobs: files under blobs/sha256/, one per distinct file content.
@@ -90,6 +90,14 @@ CREATE TABLE IF NOT EXISTS containers (
     persistent BOOLEAN NOT NULL     -- named: kept across mounts; else removed at unmount
 );
 CREATE INDEX IF NOT EXISTS ix_containers_image_id ON containers (image_id);
+-- Schema 7: partial images (a lazy mount of a remote image): its manifest and trees are
+-- recorded, its file contents fetched on first read from where it came from (vocker.oci.lazy).
+-- Its blobs that are missing are not corruption; 'vocker pull' completes it and drops the row.
+CREATE TABLE IF NOT EXISTS partial_images (
+    image_id VARCHAR PRIMARY KEY,
+    source TEXT NOT NULL,           -- JSON: {"ref": the REF it came from, "insecure": bool}
+    indexes BLOB NOT NULL           -- canonical CBOR [[pack digest, pack size, index bytes], ...]
+);
 -- Live (or stale) mounts, one per mount point.
 CREATE TABLE IF NOT EXISTS mounts (
     mountpoint VARCHAR PRIMARY KEY,

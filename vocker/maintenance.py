@@ -109,6 +109,9 @@ def verify(store: Store, reporter: Reporter | None = None) -> tuple[int, list[Pr
 def _verify_objects(store: Store, reporter: Reporter) -> tuple[int, list[Problem]]:
     names = _display(store)
     reaches = {image_id: reach(store, image_id) for image_id in names}
+    # a partial image (a lazy mount's) lacks contents by design: fetched on first read, not lost
+    partial = set(store.partial_images())
+    complete = set().union(*(r.blobs for i, r in reaches.items() if i not in partial))
     with store.read() as conn:
         rows = {r[0]: BlobInfo(*r) for r in conn.execute("SELECT digest, size, stored_size, codec FROM blobs")}
         chunked = {d: bytes(c) for d, c in conn.execute("SELECT digest, blake3 FROM blob_checks WHERE chunk_size = ?",
@@ -123,6 +126,8 @@ def _verify_objects(store: Store, reporter: Reporter) -> tuple[int, list[Problem
         info = rows.get(digest)
         try:
             if info is None:
+                if digest not in complete:
+                    return None
                 return ("blob", f"missing blob {digest} (not recorded in the store)")
             # Streamed against its sha256, the blob's identity: memory does not grow with its size.
             chunks = store.blobs.chunk_digests(digest, info.codec, info.size)
@@ -175,17 +180,20 @@ class GcResult:
 
 def gc(store: Store) -> GcResult:
     """Delete what no image needs. Call with the store's exclusive lock held."""
-    reaches = [reach(store, i) for i in (r.id for r in store.images())]
+    records = store.images()
+    reaches = [reach(store, r.id) for r in records]
     broken = {d for r in reaches for d in r.broken}
     if broken:
         raise IntegrityError(f"store has unreadable objects (e.g. {sorted(broken)[0]}); run 'vocker verify' first")
     trees = set().union(*(r.trees for r in reaches)) if reaches else set()
     blobs = set().union(*(r.blobs for r in reaches)) if reaches else set()
     contents = set().union(*(r.contents for r in reaches)) if reaches else set()  # digests
-    manifests = {r.id for r in store.images()}
+    manifests = {r.id for r in records}
+    # a partial image lacks contents by design; what it has is kept, what it lacks is not a loss
+    complete = set().union(*(r.blobs for r, rec in zip(reaches, records) if not rec.partial))
     with store.write() as conn:
         rows = {d: s for d, s in conn.execute("SELECT digest, stored_size FROM blobs")}
-        unrecorded = sorted(blobs - set(rows))
+        unrecorded = sorted(complete - set(rows))
         if unrecorded:  # their files look like orphans: deleting them would lose what an image needs
             raise IntegrityError(f"the store is inconsistent: {len(unrecorded)} blob(s) that images need are not "
                                  f"recorded (e.g. {unrecorded[0]}); nothing was deleted. Run 'vocker verify'")
@@ -204,8 +212,8 @@ def gc(store: Store) -> GcResult:
     freed = 0
     orphans = 0
     for digest, path in store.blobs.iter_files():
-        if digest in blobs or (digest in rows and digest not in dead_blobs):
-            continue
+        if digest in complete or (digest in rows and digest not in dead_blobs):
+            continue  # a partial image's unrecorded file goes: an interrupted lazy fetch, fetched again
         try:
             freed += path.stat().st_size
             path.unlink()

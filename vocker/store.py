@@ -43,6 +43,8 @@ class ImageRecord:
     created: float
     provenance: dict[str, Any]
     tags: tuple[str, ...]
+    #: recorded from a remote without its file contents (a lazy mount): fetched on first read
+    partial: bool = False
 
 
 @attrs.define
@@ -56,6 +58,8 @@ class Store:
     _cache_lock: threading.Lock = attrs.field(factory=threading.Lock)
     #: nodes this process made and reads without recording them (a layered image's merged tree)
     _held: dict[str, Tree] = attrs.field(factory=dict)
+    #: fetches the missing contents of partial images (vocker.oci.lazy), made at the first miss
+    _lazy: Any = None
 
     @classmethod
     def open(cls, root: Path | None = None, *, prefetch: bool = False) -> "Store":
@@ -105,7 +109,10 @@ class Store:
             return hit
         infos = self.blob_infos([digest])
         if digest not in infos:
-            raise MissingObjectError(f"missing blob {digest}")
+            lazy = self._lazy_source(digest)
+            if lazy is None:
+                raise MissingObjectError(f"missing blob {digest}")
+            return lazy.info(digest)  # a partial image's: its facts from the pack index, fetched on read
         return infos[digest]
 
     def blob_infos(self, digests: Iterable[str]) -> dict[str, BlobInfo]:
@@ -127,11 +134,15 @@ class Store:
         return out
 
     def prefetch_blob_infos(self, digests: Iterable[str]) -> None:
-        """Cache the recorded facts of the blobs not cached yet, in a few queries."""
+        """Cache the recorded facts of the blobs not cached yet, in a few queries; contents a
+        partial image lacks are fetched ahead (a directory's first read: its files come next)."""
         with self._cache_lock:
             wanted = [d for d in digests if d not in self._infos]
         if wanted:
-            self.blob_infos(wanted)
+            found = self.blob_infos(wanted)
+            missing = [d for d in wanted if d not in found]
+            if missing and self._lazy_source(missing[0]) is not None:
+                self._lazy.prefetch(missing)
 
     def content_info(self, entry: "Entry") -> BlobInfo:
         """The blob of a file entry, which must hold exactly the size the entry records: a
@@ -155,7 +166,34 @@ class Store:
         info = info or self.blob_info(digest)
         with self._cache_lock:
             chunks = self._chunks.get(digest)
-        return self.blobs.read(digest, info.codec, info.size, chunks)
+        try:
+            return self.blobs.read(digest, info.codec, info.size, chunks)
+        except MissingObjectError:
+            lazy = self._lazy_source(digest)
+            if lazy is None:
+                raise
+            return lazy.fetch(digest)
+
+    def _lazy_source(self, digest: str) -> Any:
+        """The fetcher of partial images when ``digest`` is a content one of them lacks, else None.
+        Made on the first miss only (vocker.oci.lazy: the store does not speak HTTP itself), and
+        asked again about digests it does not know (a partial image recorded since)."""
+        if self._lazy is None:
+            with self.read() as conn:
+                if conn.execute("SELECT 1 FROM partial_images LIMIT 1").fetchone() is None:
+                    return None
+            from .oci.lazy import Fetcher
+
+            with self._cache_lock:
+                if self._lazy is None:
+                    self._lazy = Fetcher(self)
+        return self._lazy if self._lazy.knows(digest) else None
+
+    def keep_fetched(self, staged: Staged) -> None:
+        """Remember a blob fetched and recorded at run time (its facts and chunk digests)."""
+        with self._cache_lock:
+            self._infos[staged.info.digest] = staged.info
+            self._chunks[staged.info.digest] = staged.chunks
 
     def blob_chunks(self, info: BlobInfo) -> bytes:
         """Chunk digests of a blob for verified range reads: recorded ones, else computed
@@ -163,7 +201,10 @@ class Store:
         with self._cache_lock:
             hit = self._chunks.get(info.digest)
         if hit is None:
-            self.blob_infos([info.digest])  # caches the recorded chunk digests, if any
+            recorded = self.blob_infos([info.digest])  # caches the recorded chunk digests, if any
+            lazy = self._lazy_source(info.digest) if not recorded else None
+            if lazy is not None:  # a partial image's content: fetched (and recorded, chunks too) now
+                lazy.fetch(info.digest)
             with self._cache_lock:
                 hit = self._chunks.get(info.digest)
         if hit is not None:
@@ -302,6 +343,22 @@ class Store:
             raise NotFoundError(f"no such image: {ref}")
         return image_id
 
+    def partial_images(self) -> dict[str, tuple[dict[str, Any], bytes]]:
+        """image ID -> (source, pack indexes) of the partial images (see db.SCHEMA)."""
+        with self.read() as conn:
+            return {r[0]: (json.loads(r[1]), bytes(r[2]))
+                    for r in conn.execute("SELECT image_id, source, indexes FROM partial_images")}
+
+    @staticmethod
+    def record_partial(conn: Connection, image_id: str, source: dict[str, Any], indexes: bytes) -> None:
+        conn.execute("INSERT OR IGNORE INTO partial_images (image_id, source, indexes) VALUES (?, ?, ?)",
+                     (image_id, json.dumps(source, sort_keys=True), indexes))
+
+    @staticmethod
+    def complete(conn: Connection, image_id: str) -> None:
+        """The image has all its contents now (a pull finished it): no longer partial."""
+        conn.execute("DELETE FROM partial_images WHERE image_id = ?", (image_id,))
+
     def has_image(self, image_id: str) -> bool:
         with self.read() as conn:
             return conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
@@ -337,11 +394,12 @@ class Store:
                                     args).fetchall()
             rows = conn.execute("SELECT id, size, files, created, provenance FROM images "
                                 f"{where.format('id')} ORDER BY created DESC", args).fetchall()
+            partial = {r[0] for r in conn.execute("SELECT image_id FROM partial_images")}
         by_image: dict[str, list[str]] = {}
         for name, tagged in tag_rows:
             by_image.setdefault(tagged, []).append(name)
         return [ImageRecord(r["id"], r["size"], r["files"], r["created"], json.loads(r["provenance"]),
-                            tuple(by_image.get(r["id"], ()))) for r in rows]
+                            tuple(by_image.get(r["id"], ())), r["id"] in partial) for r in rows]
 
     def image(self, image_id: str) -> ImageRecord:
         found = self.images(image_id)
@@ -370,6 +428,7 @@ class Store:
             conn.execute("DELETE FROM read_profiles WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            conn.execute("DELETE FROM partial_images WHERE image_id = ?", (image_id,))
             conn.execute("DELETE FROM objects WHERE digest = ?", (image_id,))
         return image_id, True
 

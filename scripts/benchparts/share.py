@@ -57,6 +57,39 @@ class _Registry:
         self.proc.wait()
 
 
+def _metadata_bytes(port: int, repo: str, tag: str) -> int:
+    """Bytes of what a lazy mount fetches up front: the manifest, config, trees and pack indexes."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/{repo}/manifests/{tag}",
+                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    body = urllib.request.urlopen(req, timeout=10).read()
+    doc = json.loads(body)
+    return len(body) + doc["config"]["size"] + sum(d["size"] for d in doc["layers"]
+                                                   if d["mediaType"] != "application/vnd.vocker.pack.v1")
+
+
+def _content_bytes(home: Path, source: Path) -> tuple[int, int]:
+    """Stored bytes of the image contents a store holds (its own bytecode cache aside), and of
+    those over 1 MiB (native libraries)."""
+    import sqlite3
+
+    with sqlite3.connect(source / "vocker.db") as src:
+        wanted = {r[0] for r in src.execute("SELECT digest FROM blobs")}
+    with sqlite3.connect(home / "vocker.db") as conn:
+        rows = [(n, size) for d, n, size in conn.execute("SELECT digest, stored_size, size FROM blobs") if d in wanted]
+    return sum(n for n, _ in rows), sum(n for n, size in rows if size > 1 << 20)
+
+
+def _logical_size(home: Path, tag: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(home / "vocker.db") as conn:
+        return conn.execute("SELECT i.size FROM images i JOIN tags t ON t.image_id = i.id WHERE t.name = ?",
+                            (tag,)).fetchone()[0]
+
+
 def _touch_package(site: Path, name: str) -> int:
     """A new version of one package: every .py of it gets another line (files changed: returned)."""
     n = 0
@@ -96,6 +129,8 @@ def run(bench: Any) -> str:
 
     uv_install(bench.fresh(work / "uv-warm"), "share-uv-warm")  # fills the uv cache: the baseline runs warm
     push, pull, tarz, untarz, uv, save, load, repush, repush_bytes, first_bytes = ([] for _ in range(10))
+    lazy, full_start, lazy_bytes, lazy_big = [], [], [], []
+    imports = bench.mount_import
     for i in range(repeat):
         reg = _Registry(work / f"registry-{i}")
         try:
@@ -108,6 +143,22 @@ def run(bench: Any) -> str:
             home = bench.fresh(work / f"pull-home-{i}")
             pull.append(runner.run([vocker, "pull", f"{ref}:v1"], env=bench.venv_env(home),
                                    name=f"share-pull-{i}").seconds)
+            # the pulled image mounted and its first import (compiling what it imports) after the pull
+            mnt = bench.fresh(work / f"mnt-{i}")
+            t = bench.vmount(bench.venv_env(home), "bench/app:v1", mnt, f"share-full-{i}").seconds
+            t += runner.run([str(mnt / "bin" / "python"), "-c", imports], name=f"share-full-import-{i}").seconds
+            bench.vunmount(bench.venv_env(home), mnt, f"share-full-{i}")
+            full_start.append(pull[-1] + t)
+            # lazy: mount the remote image into an empty store, and the same first import
+            home = bench.fresh(work / f"lazy-home-{i}")
+            t = bench.vmount(bench.venv_env(home), f"{ref}:v1", mnt, f"share-lazy-{i}").seconds
+            t += runner.run([str(mnt / "bin" / "python"), "-c", imports], name=f"share-lazy-import-{i}").seconds
+            lazy.append(t)
+            time.sleep(1.0)  # the last fetched contents are kept in the background (twice a second)
+            bench.vunmount(bench.venv_env(home), mnt, f"share-lazy-{i}")
+            contents, big = _content_bytes(home, src_home)
+            lazy_bytes.append(_metadata_bytes(reg.port, "bench/app", "v1") + contents)
+            lazy_big.append(big)
         finally:
             reg.stop()
         tarz.append(runner.run(["sh", "-c", f"tar -C {venv} -cf - . | zstd -q -T0 -3 -f -o {archive}"],
@@ -139,11 +190,24 @@ def run(bench: Any) -> str:
               med(first_bytes), 0.10, f"{changed} files changed; bytes the registry's storage grew by, "
               f"against the first push's; the re-push took {med(repush):.2f}s", unit="bytes",
               base_name="first push")
+    bench.row("S6 lazy mount of the remote image + first import, into an empty store", med(lazy), med(full_start),
+              None, f"python -c '{imports}' (compiling what it imports); baseline: full pull ({med(pull):.2f} s), "
+              "then mount + the same import", base_name="pull + mount + import",
+              target_desc="< pull + mount + import", passed=med(lazy) < med(full_start))
+    logical = _logical_size(src_home, "bench:v1")
+    bench.row("S6b bytes a lazy mount fetched for that import", med(lazy_bytes), med(first_bytes), 0.30,
+              "manifest, config, trees and pack indexes, plus the contents fetched (Range), against every blob "
+              f"of the image; {med(lazy_big) / 1e6:.1f} MB of it are the files over 1 MiB the import maps "
+              "(numpy's openblas and core, pydantic-core: each checked whole against its digest, so fetched "
+              f"whole); {med(lazy_bytes) / logical:.0%} of the image's {logical / 1e6:.0f} MB of files",
+              unit="bytes", base_name="whole image")
     bench.row("S4 save of the image to one file", med(save), med(tarz), None, "", base_name="tar | zstd")
     bench.row("S5 load of that file into an empty store", med(load), med(untarz), None,
               "checked whole before anything is recorded", base_name="zstd -d | tar x")
     return ("## Share (push/pull, save/load)\n"
             f"The import part's venv ({bench.results['venv']['files']} files) as an image, pushed to Debian's "
             "docker-registry on 127.0.0.1 (a fresh one per repetition) and pulled into an empty store; a second "
-            f"image with every .py of rich changed ({changed} files) pushed after it; save/load of the first. "
+            f"image with every .py of rich changed ({changed} files) pushed after it; save/load of the first; "
+            f"a lazy mount of the first into an empty store and a first `{imports}`, against a full pull "
+            "then the same mount and import. "
             f"Median of {repeat}.\n")

@@ -26,8 +26,9 @@ from .output import Column, format_option, listing, no_trunc_option, print_lines
 @click.option("--python", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Host interpreter for the environment (default: a matching one found on this machine).")
 @allow_other_option
+@click.option("--insecure", is_flag=True, help="A remote REF: speak plain HTTP (always so for localhost).")
 def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Path | None,
-              allow_other: bool) -> None:
+              allow_other: bool, insecure: bool) -> None:
     """Mount an image or a named container at DIRECTORY and return; a background process serves it.
 
     An image gets a throw-away writable layer, discarded at unmount; a named container
@@ -38,12 +39,22 @@ def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Pa
     What a mount of the image read in its first seconds is read ahead in the
     background by its next mounts, so their cold starts are nearly as fast as
     from a plain directory.
+
+    IMAGE may be a remote reference (HOST[:PORT]/NAME[:TAG], a layout directory, a URL): the
+    mount is lazy. Only the image's manifest, trees and pack indexes are fetched (it is then a
+    partial image, tagged as 'vocker pull' tags it); each file's content is fetched on its first
+    read, checked and kept. A read the server does not answer fails with EIO after
+    VOCKER_LAZY_WAIT seconds (default 20). 'vocker pull' completes the image.
     """
     from ..mounting import mount
+    from ..oci.lazy import local_ref
 
-    record = mount(open_store(), ref, directory, read_only=read_only, audit=audit, python=python,
-                   allow_other=allow_other)
-    out.print(f"Mounted {ref} at {record.mountpoint} (container {record.container}, pid {record.pid})", markup=False)
+    store = open_store()
+    ref, lazy = local_ref(store, ref, insecure)
+    record = mount(store, ref, directory, read_only=read_only, audit=audit, python=python, allow_other=allow_other)
+    partial = lazy is not None and store.image(lazy.image_id).partial
+    out.print(f"Mounted {ref} at {record.mountpoint} (container {record.container}, pid {record.pid})"
+              f"{'; partial image: file contents are fetched on first read' if partial else ''}", markup=False)
 
 
 @cli.command("unmount")
@@ -179,9 +190,10 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
 @click.option("--with", "with_", metavar="SPEC", multiple=True,
               help="Run on IMAGE plus a cached layer installing SPEC (repeatable; also 'IMAGE --with SPEC... --').")
 @allow_other_option
+@click.option("--insecure", is_flag=True, help="A remote IMAGE: speak plain HTTP (always so for localhost).")
 @own_failures_exit(RUN_FAILED)
 def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: Path | None, read_only: bool,
-            python: Path | None, with_: tuple[str, ...], allow_other: bool) -> None:
+            python: Path | None, with_: tuple[str, ...], allow_other: bool, insecure: bool) -> None:
     """Run COMMAND with the environment mounted and active, and exit with its exit code.
 
     Options go before IMAGE: everything after it is COMMAND's ('vocker run app python -h'
@@ -201,11 +213,17 @@ def run_cmd(ref: str, command: tuple[str, ...], env: tuple[str, ...], workdir: P
     built once and cached (by IMAGE's ID and the pinned set): the next run installs nothing.
     A version it replaces is gone, not shadowed: metadata, pip list, scripts and imports
     all see one version.
+
+    IMAGE may be a remote reference: mounted lazily, as 'vocker mount' does, so COMMAND
+    starts once the files it reads are fetched.
     """
+    from ..oci.lazy import local_ref
     from ..running import run_in
 
+    store = open_store()
+    ref, _ = local_ref(store, ref, insecure)
     extra, rest = _with_after_image(command)
-    sys.exit(run_in(open_store(), ref, rest, read_only=read_only, python=python, allow_other=allow_other,
+    sys.exit(run_in(store, ref, rest, read_only=read_only, python=python, allow_other=allow_other,
                     env=_variables(env), cwd=workdir, with_=with_ + extra))
 
 

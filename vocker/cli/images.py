@@ -56,7 +56,11 @@ def image_import(directory: Path, tag: str | None, python: Path | None, rehash: 
 @no_trunc_option
 @format_option
 def image_ls(name: str | None, quiet: bool, no_trunc: bool, fmt: str) -> None:
-    """List images, or those of one repository NAME (or NAME:TAG)."""
+    """List images, or those of one repository NAME (or NAME:TAG).
+
+    A partial image (mounted lazily from a remote, its file contents fetched on first read)
+    shows '(partial)' after its size; 'vocker pull' completes it.
+    """
     store = open_store()
     records = [r for r in store.images() if name is None or any(_matches(t, name) for t in r.tags)]
     if quiet:
@@ -71,12 +75,12 @@ def image_ls(name: str | None, quiet: bool, no_trunc: bool, fmt: str) -> None:
     def row(r: Any) -> list[str]:
         py = python(r)
         return [r.id if no_trunc else short(r.id), ",".join(r.tags) or "<none>", manifests[r.id].kind,
-                f"{py['implementation']} {py['version']}" if py else "-", str(r.files), human_size(r.size),
-                human_age(r.created)]
+                f"{py['implementation']} {py['version']}" if py else "-", str(r.files),
+                human_size(r.size) + (" (partial)" if r.partial else ""), human_age(r.created)]
 
     listing(fmt, IMAGE_COLUMNS, records, row,
             lambda r: {"id": r.id, "tags": list(r.tags), "kind": manifests[r.id].kind, "python": python(r),
-                       "files": r.files, "size": r.size, "created": iso_time(r.created)})
+                       "files": r.files, "size": r.size, "created": iso_time(r.created), "partial": r.partial})
 
 
 IMAGE_COLUMNS = (Column("IMAGE ID"), Column("TAGS", wrap=True), Column("KIND"), Column("PYTHON"),
@@ -116,7 +120,7 @@ def image_inspect(image_ref: str, insecure: bool) -> None:
     record = store.image(image_id)
     doc: dict[str, Any] = {
         "id": image_id, "tags": list(record.tags), "size": record.size, "files": record.files,
-        "created": iso_time(record.created),
+        "created": iso_time(record.created), "partial": record.partial,
         "manifest": store.manifest(image_id).to_cbor(), "provenance": record.provenance,
     }
     from ..build import build_record

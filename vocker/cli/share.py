@@ -28,21 +28,6 @@ def _summary(t, what_moved: str) -> str:  # type: ignore[no-untyped-def]
             f"{t.skipped} already there ({human_size(t.skipped_bytes)}) in {t.seconds:.2f}s")
 
 
-def _local_tag(remote, name: str, given: str | None) -> str | None:  # type: ignore[no-untyped-def]
-    """The tag a pulled image gets: --tag, else the remote repository's name and tag when valid here."""
-    if given:
-        return refs.new_tag(given)
-    from ..digest import is_digest
-    from ..oci.registry import Registry
-
-    if is_digest(name):
-        return None
-    repo = remote.repo if isinstance(remote, Registry) else Path(remote.name.rstrip("/")).name
-    with contextlib.suppress(UsageError):
-        return refs.new_tag(f"{repo}:{name}")
-    return None
-
-
 @cli.command("push")
 @click.argument("image_ref", metavar="IMAGE", shell_complete=complete_images)
 @click.argument("ref", metavar="REF")
@@ -54,7 +39,7 @@ def push_cmd(image_ref: str, ref: str, insecure: bool, jobs: int | None) -> None
     File contents travel in packs of a few MiB; only the blobs the other side lacks are sent,
     so pushing an image that differs in one package sends about that package.
     """
-    from ..oci.artifact import push
+    from ..oci.artifact import check_complete, push
     from ..oci.registry import Registry, locate
 
     store = open_store()
@@ -62,6 +47,7 @@ def push_cmd(image_ref: str, ref: str, insecure: bool, jobs: int | None) -> None
     if "@" in ref:
         raise UsageError("push to a tag (REF[:TAG]), not to a digest")
     image_id = store.resolve(image_ref)
+    check_complete(store, image_id, image_ref)
     if isinstance(remote, Registry):
         source = store.image(image_id).provenance.get("pulled_from")
         if isinstance(source, str):
@@ -82,14 +68,19 @@ def pull_cmd(ref: str, tag: str | None, insecure: bool, jobs: int | None) -> Non
     """Fetch an image from a registry, an image layout directory, a file:// or an http(s):// URL.
 
     Only the file contents the store lacks are fetched, each checked against its digest
-    before it is recorded; an interrupted pull resumes where it stopped.
+    before it is recorded; an interrupted pull resumes where it stopped. A partial image
+    (mounted lazily) is completed: pull its REF again, or its local NAME.
     """
     from ..oci.artifact import pull
-    from ..oci.registry import locate
+    from ..oci.lazy import source_of
+    from ..oci.registry import is_remote_ref, local_tag, locate
 
     store = open_store()
+    source = None if is_remote_ref(ref) else source_of(store, ref)
+    if source is not None:  # a local partial image: completed from where it came from
+        ref, insecure = source["ref"], insecure or bool(source.get("insecure"))
     remote, name = locate(ref, insecure=insecure)
-    local = _local_tag(remote, name, tag)
+    local = local_tag(remote, name, tag)
     t = pull(store, remote, name, local, RichReporter(), jobs, provenance={"pulled_from": ref})
     what = "Pulled" if t.new else "Already in store:"
     out.print(f"{what} {ref} as {local or t.image_id}: {_summary(t, 'fetched')}", markup=False)
@@ -126,12 +117,14 @@ def save_cmd(image_refs: tuple[str, ...], output: str) -> None:
 
     It holds exactly the objects the images need, compressed, each once.
     """
-    from ..oci.artifact import push
+    from ..oci.artifact import check_complete, push
     from ..oci.layout import TarWriter
 
     started = time.perf_counter()
     store = open_store()
     ids = [(ref, store.resolve(ref)) for ref in image_refs]
+    for ref, image_id in ids:
+        check_complete(store, image_id, ref)  # before the file is begun
     moved = 0
     with _output(output) as stream:
         writer = TarWriter.open(stream)

@@ -103,12 +103,20 @@ def trees_blob(root: str, nodes: dict[str, bytes]) -> bytes:
     return pyzstd.compress(body, 3)
 
 
+def check_complete(store: Store, image_id: str, shown: str) -> None:
+    """Refuse to send a partial image (a lazy mount's): its contents are not all here."""
+    if image_id in store.partial_images():
+        raise UsageError(f"image {shown} is partial (mounted lazily, its file contents not all here); "
+                         "'vocker pull' it first")
+
+
 def push(store: Store, image_ref: str, remote: Remote, tag: str, reporter: Reporter | None = None,
          workers: int | None = None) -> Transfer:
     """Send an image to ``remote`` under ``tag``: only the blobs it lacks."""
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     image_id = store.resolve(image_ref)
+    check_complete(store, image_id, image_ref)
     result = Transfer(image_id=image_id, tag=tag)
     config = store.object_bytes(image_id, "manifest")
     manifest = Manifest.decode(config)
@@ -336,29 +344,25 @@ def inspect(remote: Remote, ref: str) -> dict[str, Any]:
             "bytes": sum(p["size"] for _, p in image.packs) + sum(t["size"] for _, t in image.trees)}
 
 
-def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Reporter | None = None,
-         workers: int | None = None, all_or_nothing: bool = False, provenance: dict[str, Any] | None = None) -> Transfer:
-    """Fetch an image into the store: only the file contents it lacks, each checked before use."""
-    started = time.perf_counter()
-    reporter = reporter or NullReporter()
-    recording = interrupts.recording()
-    image = resolve_remote(remote, ref)
-    result = Transfer(image_id=image.image_id, tag=tag)
+@attrs.frozen
+class Structure:
+    """What a pull knows before any file content: the image's config and trees, checked."""
+
+    config: bytes  # the vocker manifest's bytes (its digest is the image ID)
+    manifest: Manifest
+    nodes: dict[str, bytes]  # the tree nodes to record
+    files: int
+    size: int
+    needed: dict[str, int]  # blob digest -> size, of every file content
+
+
+def fetch_structure(store: Store, remote: Remote, image: RemoteImage, result: Transfer) -> Structure:
+    """The config and the trees of a remote image, each checked, and what its layers expand to."""
     config = fetch_blob(remote, image.image_id, image.config_size)
     manifest = Manifest.decode(config)
     roots = {root for root, _ in image.trees}
     if tuple(r for r, _ in image.trees) != manifest.layers and set(manifest.layers) != roots:
         raise FormatError(f"corrupt image from {remote.name}: its trees do not match its layers")
-    if store.has_image(image.image_id):  # nothing to fetch: just the tag
-        recording.check = lambda: f"image {image.image_id} is recorded"
-        if tag is not None:
-            with store.write() as conn:
-                store.set_tag(conn, tag, image.image_id)
-        result.new = False
-        result.skipped = 1 + len(image.trees) + 2 * len(image.packs)
-        result.skipped_bytes = sum(p["size"] for _, p in image.packs)
-        result.seconds = time.perf_counter() - started
-        return result
     nodes: dict[str, bytes] = {}
     for root, desc in image.trees:
         data = fetch_blob(remote, desc["digest"], desc["size"])
@@ -378,49 +382,93 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
         return trees[digest]
 
     files, size, needed = _expand(manifest.layers, tree_of)
+    return Structure(config, manifest, {d: n for d, n in nodes.items() if d in trees}, files, size, needed)
+
+
+@attrs.frozen
+class PackPlan:
+    """A pack that holds contents the store lacks: its checked index and the frames wanted from it."""
+
+    desc: dict[str, Any]
+    index: packs.PackIndex
+    index_bytes: bytes
+    frames: list[packs.Frame]
+
+
+def plan_packs(remote: Remote, image: RemoteImage, missing: dict[str, int], result: Transfer,
+               workers: int | None = None) -> list[PackPlan]:
+    """The packs to fetch ``missing`` (digest -> size) from, each content from the first pack
+    holding it; every index checked, and an image whose packs lack a content refused."""
+    indexes: dict[str, tuple[packs.PackIndex, bytes]] = {}
+
+    def read_index(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        index_desc, pack_desc = pair
+        if not missing:
+            result.count(False, pack_desc["size"])
+            return
+        data = fetch_blob(remote, index_desc["digest"], index_desc["size"])
+        indexes[pack_desc["digest"]] = packs.PackIndex.decode(data, pack_desc["size"]), data
+
+    pmap(read_index, image.packs, workers)
+    claimed: set[str] = set()
+    plans = []
+    for _, pack_desc in image.packs:
+        if pack_desc["digest"] not in indexes:
+            continue
+        index, data = indexes[pack_desc["digest"]]
+        frames = [f for f in index.frames if f.digest in missing and f.digest not in claimed]
+        for f in frames:
+            if f.size != missing[f.digest]:
+                raise FormatError(f"corrupt image from {remote.name}: pack entry {f.digest} records "
+                                  f"{f.size} bytes, its tree entry {missing[f.digest]}")
+        claimed.update(f.digest for f in frames)
+        if frames:
+            plans.append(PackPlan(pack_desc, index, data, frames))
+        else:
+            result.count(False, pack_desc["size"])
+    lost = set(missing) - claimed
+    if lost:
+        raise IntegrityError(f"image from {remote.name} lacks the contents of {len(lost)} file(s), "
+                             f"e.g. {sorted(lost)[0]}")
+    return plans
+
+
+def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Reporter | None = None,
+         workers: int | None = None, all_or_nothing: bool = False, provenance: dict[str, Any] | None = None) -> Transfer:
+    """Fetch an image into the store: only the file contents it lacks, each checked before use.
+    A partial image (a lazy mount's) is completed."""
+    started = time.perf_counter()
+    reporter = reporter or NullReporter()
+    recording = interrupts.recording()
+    image = resolve_remote(remote, ref)
+    result = Transfer(image_id=image.image_id, tag=tag)
+    partial = image.image_id in store.partial_images()
+    if store.has_image(image.image_id) and not partial:  # nothing to fetch: just the tag
+        fetch_blob(remote, image.image_id, image.config_size)  # the remote image is a vocker image
+        recording.check = lambda: f"image {image.image_id} is recorded"
+        if tag is not None:
+            with store.write() as conn:
+                store.set_tag(conn, tag, image.image_id)
+        result.new = False
+        result.skipped = 1 + len(image.trees) + 2 * len(image.packs)
+        result.skipped_bytes = sum(p["size"] for _, p in image.packs)
+        result.seconds = time.perf_counter() - started
+        return result
+    structure = fetch_structure(store, remote, image, result)
+    config, files, size, needed = structure.config, structure.files, structure.size, structure.needed
     with store.lock_shared():  # gc must not take contents recorded before the image that needs them
         have = store.blob_infos(needed)
         missing = {d: s for d, s in needed.items() if d not in have}
-        claimed: set[str] = set()
         lock = threading.Lock()
         staged_all: list[Staged] = []
-        wanted_packs = []
-        indexes: dict[str, packs.PackIndex] = {}
-
-        def read_index(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
-            index_desc, pack_desc = pair
-            if not missing:
-                result.count(False, pack_desc["size"])
-                return
-            data = fetch_blob(remote, index_desc["digest"], index_desc["size"])
-            indexes[pack_desc["digest"]] = packs.PackIndex.decode(data, pack_desc["size"])
-
-        pmap(read_index, image.packs, workers)
-        for index_desc, pack_desc in image.packs:
-            index = indexes.get(pack_desc["digest"])
-            if index is None:
-                continue
-            frames = [f for f in index.frames if f.digest in missing and f.digest not in claimed]
-            for f in frames:
-                if f.size != missing[f.digest]:
-                    raise FormatError(f"corrupt image from {remote.name}: pack entry {f.digest} records "
-                                      f"{f.size} bytes, its tree entry {missing[f.digest]}")
-            claimed.update(f.digest for f in frames)
-            if frames:
-                wanted_packs.append((pack_desc, frames))
-            else:
-                result.count(False, pack_desc["size"])
-        lost = set(missing) - claimed
-        if lost:
-            raise IntegrityError(f"image from {remote.name} lacks the contents of {len(lost)} file(s), "
-                                 f"e.g. {sorted(lost)[0]}")
+        wanted_packs = [(p.desc, p.frames) for p in plan_packs(remote, image, missing, result, workers)]
         reporter.begin(f"Pulling {ref}", sum(sum(f.length for f in fr) for _, fr in wanted_packs))
 
         last_commit = [float("-inf")]  # the first pack is kept at once, later ones once a second
 
         def fetch(item: tuple[dict[str, Any], list[packs.Frame]]) -> None:
             pack_desc, frames = item
-            checked = _frames(remote, pack_desc, frames, result)  # every frame checked before any is staged
+            checked = fetch_frames(remote, pack_desc, frames, result)  # every frame checked before any is staged
             staged: list[Staged] = []
             try:
                 for f, stored, data in checked:
@@ -465,15 +513,16 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
         prov.update(provenance or {})
         with store.write() as conn:
             store.record_staged(conn, staged_all)
-            store.record_objects(conn, "tree", {d: n for d, n in nodes.items() if d in trees})
+            store.record_objects(conn, "tree", structure.nodes)
             store.record_image(conn, image.image_id, config, size, files, prov)
+            store.complete(conn, image.image_id)
             if tag is not None:
                 store.set_tag(conn, tag, image.image_id)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _frames(remote: Remote, pack_desc: dict[str, Any], frames: list[packs.Frame],
+def fetch_frames(remote: Remote, pack_desc: dict[str, Any], frames: list[packs.Frame],
             result: Transfer) -> list[tuple[packs.Frame, bytes, bytes]]:
     """(frame, stored bytes, content) of the wanted frames, each checked: the whole pack
     (checked against its digest) when most of it is wanted or the server ignores Range, else

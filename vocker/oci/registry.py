@@ -222,6 +222,21 @@ def _registry(ref: str, insecure: bool, push: bool, client: Client) -> tuple[Reg
     return Registry(api_host, repo, "http" if plain else "https", client, push), tag or DEFAULT_TAG
 
 
+def local_tag(remote: Remote, name: str, given: str | None) -> str | None:
+    """The tag a pulled image gets: ``given``, else the remote repository's name and tag when valid here."""
+    from .. import refs
+
+    if given:
+        return refs.new_tag(given)
+    if is_digest(name):
+        return None
+    repo = remote.repo if isinstance(remote, Registry) else Path(remote.name.rstrip("/")).name
+    try:
+        return refs.new_tag(f"{repo}:{name}")
+    except UsageError:
+        return None
+
+
 def is_remote_ref(ref: str) -> bool:
     """Whether a reference names something outside the store (for commands that take both)."""
     if ref.startswith(("http://", "https://", "file://", "oci:", "/", "./", "../", "~")):
