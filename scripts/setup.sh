@@ -8,8 +8,9 @@
 
 set -euo pipefail
 
-# System packages needed by the project (FUSE back-end; docker-registry and nginx: servers the sharing tests start on 127.0.0.1).
-APT_PACKAGES=(fuse3 libfuse3-3 docker-registry nginx)
+# System packages needed by the project (FUSE back-end) and its tests (docker-registry and nginx: servers the
+# sharing tests start on 127.0.0.1; zsh and fish: the shells whose activation the CLI tests check).
+APT_PACKAGES=(fuse3 libfuse3-3 docker-registry nginx zsh fish)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VOCKER_REPO_ROOT="$(pwd -P)"

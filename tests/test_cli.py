@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ def on_terminal(argv: list[str], env: dict[str, str], typed: bytes = b"", timeou
         finally:
             os._exit(127)
     output = b""
+    status = -1
     try:
         if typed:
             os.write(fd, typed)
@@ -71,22 +73,24 @@ def on_terminal(argv: list[str], env: dict[str, str], typed: bytes = b"", timeou
                 if not data:
                     break
                 output += data
-            elif os.waitpid(pid, os.WNOHANG) != (0, 0):
-                pid = 0
+            elif (reaped := os.waitpid(pid, os.WNOHANG)) != (0, 0):
+                pid, status = 0, reaped[1]  # gone (with the terminal still open): keep its status
                 break
     finally:
         os.close(fd)
         if pid:
             try:
-                _, status = os.waitpid(pid, os.WNOHANG)
-                if (_, status) == (0, 0):
+                # the terminal can close before the command is done (vocker unmounts after its shell)
+                until = time.monotonic() + 30
+                while (reaped := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < until:
+                    time.sleep(0.05)
+                _, status = reaped
+                if reaped == (0, 0):
                     os.kill(pid, 9)
                     _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 status = 0
-        else:
-            status = 0
-    return (os.waitstatus_to_exitcode(status) if pid else -1), output.decode("utf-8", "replace")
+    return (os.waitstatus_to_exitcode(status) if status >= 0 else -1), output.decode("utf-8", "replace")
 
 
 def needs_mounts(test):  # type: ignore[no-untyped-def]
@@ -344,13 +348,29 @@ def test_run_refuses_a_pip_from_outside_the_environment(env_image: str, vocker, 
     assert marker.read_text() == "pip\n"  # an explicit path still runs
 
 
+#: Each shell's start-up file, written as pyenv/conda init write theirs: another python first on PATH.
+HOSTILE_RC = {
+    "bash": (".bashrc", 'export PATH="{fake}:$PATH"\nPS1="hostile$ "\n'),
+    "zsh": (".zshrc", 'export PATH="{fake}:$PATH"\nPS1="hostile$ "\n'),
+    "fish": (".config/fish/config.fish",
+             'set -gx PATH "{fake}" $PATH\nfunction fish_prompt; printf "hostile\\$ "; end\n'),
+}
+
+
 @needs_mounts
-def test_shell_activation_wins_over_a_hostile_bashrc(env_image: str, vocker_home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shell", sorted(HOSTILE_RC))
+def test_shell_activation_wins_over_a_hostile_rc_file(shell: str, env_image: str, vocker_home: Path,
+                                                      tmp_path: Path) -> None:
+    exe = shutil.which(shell)
+    if exe is None:
+        pytest.skip(f"{shell} is not installed (scripts/setup.sh installs it)")
     home = tmp_path / "home"
     marker = tmp_path / "ran"
     fake = fake_tools(home / "fakebin", marker)
-    (home / ".bashrc").write_text(f'export PATH="{fake}:$PATH"\nPS1="hostile$ "\n')  # as pyenv/conda init do
-    env = terminal_env(vocker_home, HOME=str(home), SHELL="/bin/bash", TMPDIR=str(tmp_path))
+    rc, text = HOSTILE_RC[shell]
+    (home / rc).parent.mkdir(parents=True, exist_ok=True)
+    (home / rc).write_text(text.format(fake=fake))
+    env = terminal_env(vocker_home, HOME=str(home), SHELL=exe, TMPDIR=str(tmp_path))
     typed = (b"echo \"where=$(command -v python)\"\n"
              b"python -c 'import sys, alpha; print(\"prefix=\" + sys.prefix)'\n"
              b"pip install rich\n"
