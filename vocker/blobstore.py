@@ -126,6 +126,8 @@ def chunk_digests_of(data: bytes) -> bytes:
 @attrs.define
 class BlobFiles:
     root: Path  # the store root
+    #: a reader of a content whose blob file is not here (a partial image's: the store sets it), or None
+    missing_reader: "Callable[[str, bytes, ChunkCache | None], BlobReader | None] | None" = None
 
     @property
     def blob_dir(self) -> Path:
@@ -251,20 +253,21 @@ class BlobFiles:
             raise IntegrityError(f"corrupt blob {digest} (content does not match its digest)")
         return data
 
-    def chunk_digests(self, digest: str, codec: str, size: int) -> bytes:
-        """Stream-check a blob against its sha256 and return its chunk digests.
+    def chunk_digests(self, digest: str, codec: str, size: int, path: Path | None = None) -> bytes:
+        """Stream-check a blob (at ``path`` if not under its name) against its sha256 and return its chunk digests.
 
         Computed only from content that matched the blob's digest, so they are as
         trustworthy as the digest itself; a BlobReader then checks each chunk it reads
         against them instead of re-hashing the whole blob at every first open.
         """
-        if codec == ZSTD:  # one frame of at most ONE_FRAME_MAX: decode and check it whole
+        if codec == ZSTD and path is None:  # one frame of at most ONE_FRAME_MAX: decode and check it whole
             return chunk_digests_of(self.read(digest, codec, size))
+        path = path or self.path(digest)
         h = hashlib.sha256()
         chunks: list[bytes] = []
         total = 0
         try:
-            f = pyzstd.SeekableZstdFile(self.path(digest), "r") if codec == ZSTD_SEEKABLE else open(self.path(digest), "rb")
+            f = pyzstd.SeekableZstdFile(path, "r") if codec == ZSTD_SEEKABLE else open(path, "rb")
         except FileNotFoundError:
             raise MissingObjectError(f"missing blob {digest}") from None
         except (pyzstd.ZstdError, pyzstd.SeekableFormatError) as exc:
@@ -284,7 +287,13 @@ class BlobFiles:
         return b"".join(chunks)
 
     def reader(self, digest: str, codec: str, size: int, chunks: bytes, cache: "ChunkCache | None") -> "BlobReader":
-        return BlobReader(self.path(digest), digest, codec, size, chunks, cache)
+        try:
+            return BlobReader(self.path(digest), digest, codec, size, chunks, cache)
+        except MissingObjectError:
+            found = self.missing_reader(digest, chunks, cache) if self.missing_reader is not None else None
+            if found is None:
+                raise
+            return found
 
     def iter_files(self):  # type: ignore[no-untyped-def]
         """(digest, path) of every blob file present, recorded or not."""
@@ -417,6 +426,15 @@ class BlobReader:
         data = self._cache.get(key) if self._cache is not None else None
         if data is not None:
             return data
+        data = self._read(c)
+        if blake3.blake3(data).digest() != self._chunks[32 * c:32 * c + 32]:
+            raise IntegrityError(f"corrupt blob {self._digest} (chunk {c} does not match its digest)")
+        if self._cache is not None:
+            self._cache.put(key, data)
+        return data
+
+    def _read(self, c: int) -> bytes:
+        """Chunk ``c`` of the content, not checked yet."""
         try:
             if self._data is not None:
                 data = self._data[c * CHUNK:(c + 1) * CHUNK]
@@ -426,10 +444,6 @@ class BlobReader:
                 data = os.pread(self._fd, CHUNK, c * CHUNK)
         except (pyzstd.ZstdError, SeekTableError) as exc:
             raise IntegrityError(f"corrupt blob {self._digest} ({exc})") from None
-        if blake3.blake3(data).digest() != self._chunks[32 * c:32 * c + 32]:
-            raise IntegrityError(f"corrupt blob {self._digest} (chunk {c} does not match its digest)")
-        if self._cache is not None:
-            self._cache.put(key, data)
         return data
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import attrs
-from . import db, scratch
+from . import db, partial, scratch
 from .blobstore import CHUNK, BlobInfo
 from .digest import digest_bytes, short
 from .errors import FormatError, IntegrityError, MissingObjectError
@@ -220,6 +220,8 @@ def gc(store: Store) -> GcResult:
         except FileNotFoundError:
             continue
         orphans += digest not in rows
+    # a partial image's large contents fetched a chunk at a time: kept while it lacks them
+    freed += partial.remove_stale(store.blobs, blobs - set(rows))
     shutil.rmtree(store.root / "cache" / "import", ignore_errors=True)  # may name freed blobs; rebuilt on import
     tmp = store.blobs.tmp_dir
     for leftover in tmp.iterdir():  # interrupted writes; no writer runs under the lock

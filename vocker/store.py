@@ -61,6 +61,9 @@ class Store:
     #: fetches the missing contents of partial images (vocker.oci.lazy), made at the first miss
     _lazy: Any = None
 
+    def __attrs_post_init__(self) -> None:
+        self.blobs.missing_reader = self._partial_reader
+
     @classmethod
     def open(cls, root: Path | None = None, *, prefetch: bool = False) -> "Store":
         """``prefetch``: have the kernel read the database ahead (for a mount daemon)."""
@@ -189,6 +192,12 @@ class Store:
                     self._lazy = Fetcher(self)
         return self._lazy if self._lazy.knows(digest) else None
 
+    def _partial_reader(self, digest: str, chunks: bytes, cache: Any) -> Any:
+        """A reader of a large content a partial image lacks (BlobFiles.reader, on a miss): it
+        fetches the chunks read, or the whole content for a reader without a cache (one pass)."""
+        lazy = self._lazy_source(digest)
+        return lazy.reader(digest, chunks, cache) if lazy is not None else None
+
     def keep_fetched(self, staged: Staged) -> None:
         """Remember a blob fetched and recorded at run time (its facts and chunk digests)."""
         with self._cache_lock:
@@ -203,8 +212,11 @@ class Store:
         if hit is None:
             recorded = self.blob_infos([info.digest])  # caches the recorded chunk digests, if any
             lazy = self._lazy_source(info.digest) if not recorded else None
-            if lazy is not None:  # a partial image's content: fetched (and recorded, chunks too) now
-                lazy.fetch(info.digest)
+            if lazy is not None:
+                checks = lazy.chunk_checks(info.digest)
+                if checks is not None:  # its pack index has them: chunks are fetched as they are read
+                    return checks
+                lazy.fetch(info.digest)  # a partial image's content: fetched (and recorded, chunks too) now
             with self._cache_lock:
                 hit = self._chunks.get(info.digest)
         if hit is not None:

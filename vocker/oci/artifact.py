@@ -22,6 +22,7 @@ import attrs
 import pyzstd
 
 from .. import cbor, interrupts
+from .. import partial as partials
 from ..blobstore import Staged, chunk_digests_of, decode
 from ..digest import check_digest, digest_bytes, is_digest
 from ..errors import FormatError, IntegrityError, UsageError
@@ -161,19 +162,25 @@ def push(store: Store, image_ref: str, remote: Remote, tag: str, reporter: Repor
             return
         slot, digests = arg
         infos = store.blob_infos(digests)
-        frames = [(d, store.blobs.path(d).read_bytes(), infos[d].size, infos[d].codec) for d in digests]
+        frames = [(d, store.blobs.path(d).read_bytes(), infos[d].size, infos[d].codec, store.blob_chunks(infos[d]))
+                  for d in digests]
         pack, index = packs.build(frames)
         index_desc = _descriptor(media.PACK_INDEX, index)
         pack_desc = _descriptor(media.PACK, pack, {media.ANN_INDEX: index_desc["digest"]})
         layers[slot], layers[slot + 1] = index_desc, pack_desc
 
-        def check() -> None:  # what leaves must be what the store holds: checked before it is sent
-            for d, stored, size, codec in frames:
-                data = decode(stored, codec, d)
-                if len(data) != size or chunk_digests_of(data) != store.blob_chunks(infos[d]):
-                    raise IntegrityError(f"corrupt blob {d} in the local store ('vocker verify' tells more)")
+        checked: list[bool] = []
 
-        send(index_desc, index)
+        def check() -> None:  # what leaves must be what the store holds: checked before it is sent
+            if checked:  # the index names the chunk digests too: checked once, before either is sent
+                return
+            for d, stored, size, codec, chunks in frames:
+                data = decode(stored, codec, d)
+                if len(data) != size or chunk_digests_of(data) != chunks:
+                    raise IntegrityError(f"corrupt blob {d} in the local store ('vocker verify' tells more)")
+            checked.append(True)
+
+        send(index_desc, index, check)
         send(pack_desc, pack, check)
         reporter.advance(len(pack))
 
@@ -518,6 +525,7 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
             store.complete(conn, image.image_id)
             if tag is not None:
                 store.set_tag(conn, tag, image.image_id)
+        partials.drop(store.blobs, missing)  # what lazy reads had fetched of them a chunk at a time
     result.seconds = time.perf_counter() - started
     return result
 

@@ -10,6 +10,10 @@ mount serves everything else meanwhile). ``vocker pull`` completes a partial ima
 Contents up to ONE_FRAME_MAX (most files) are served from memory at once and made durable in
 the background a batch at a time (one syncfs per batch, not one per file: an `import` reads
 hundreds); larger ones, read through a file (BlobReader), are kept before they are served.
+A large content whose pack index gives its chunk layout (vocker.partial) is fetched a chunk at
+a time instead, as it is read (a native library an import maps is mostly never touched): each
+chunk checked against its BLAKE3 before it is served and kept in its sparse file under
+partial/, which becomes the blob (checked whole against its sha256) once every chunk is there.
 Either way a blob is recorded only once durable, under the store's shared lock (gc waits), so a
 kill -9 leaves at most temp files and unrecorded blobs, which gc removes and verify ignores.
 """
@@ -27,14 +31,16 @@ from typing import Any
 import attrs
 
 from .. import cbor
-from ..blobstore import ONE_FRAME_MAX, BlobInfo, Staged
+from ..blobstore import CHUNK, ONE_FRAME_MAX, BlobInfo, BlobReader, ChunkCache, Staged
 from ..errors import VockerError
+from .. import partial as partials
+from ..partial import PartialFile, PartialReader
 from ..store import Store
 from . import packs
 from .artifact import Transfer, fetch_frames, fetch_structure, plan_packs, resolve_remote
-from .http import Client
+from .http import Client, RangeIgnored
 from .registry import is_remote_ref, local_tag, locate
-from .remote import ATTEMPTS, Remote, TransferError
+from .remote import ATTEMPTS, Remote, TransferError, retrying
 
 log = logging.getLogger("vocker.lazy")
 
@@ -121,6 +127,10 @@ class Fetcher:
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, concurrent.futures.Future[bytes]] = {}
+        self._partials: dict[str, PartialFile] = {}  # large contents being fetched a chunk at a time
+        self._chunks_inflight: dict[tuple[str, int], concurrent.futures.Future[bytes]] = {}
+        #: bytes fetched for chunks (the daemon logs it: tests and benchmarks read it)
+        self.chunk_bytes = 0
         self._fresh: dict[str, tuple[Staged | None, bytes]] = {}  # served, not recorded yet
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="vocker-lazy")
         self._ahead = concurrent.futures.ThreadPoolExecutor(PREFETCHERS, thread_name_prefix="vocker-lazy-ahead")
@@ -160,11 +170,100 @@ class Fetcher:
             future = self._inflight.get(digest)
             if future is None or future.cancel():  # not asked yet, or only queued to be fetched ahead
                 future = self._submit(self._pool, digest)
+        return self._wait(future, digest)
+
+    def _wait(self, future: concurrent.futures.Future[bytes], digest: str) -> bytes:
         try:
             return future.result(timeout=WAIT)
         except concurrent.futures.TimeoutError:
             raise TransferError(f"the content {digest} did not arrive within {WAIT:g}s "
                                 f"from {json.loads(self._where[digest].source)['ref']}", transient=True) from None
+
+    def chunk_checks(self, digest: str) -> bytes | None:
+        """The chunk digests of a large content whose pack index gives its chunk layout, else None
+        (then it is fetched whole)."""
+        layout = self._where[digest].frame.layout
+        return layout.checks if layout is not None and layout.size > partials.LARGE else None
+
+    def reader(self, digest: str, chunks: bytes, cache: ChunkCache | None) -> BlobReader:
+        """A reader of a large content: chunk by chunk as read, or (no cache: read once, whole, as
+        an export does) the whole content fetched and kept first."""
+        if cache is None or self.chunk_checks(digest) is None:
+            self.fetch(digest)
+            info = self.info(digest)
+            return BlobReader(self.store.blobs.path(digest), digest, info.codec, info.size, chunks, cache)
+        with self._lock:
+            partial = self._partials.get(digest)
+            if partial is None:
+                layout = self._where[digest].frame.layout
+                assert layout is not None
+                partial = self._partials[digest] = PartialFile(self.store.blobs, digest, layout)
+        return PartialReader(digest, partial.layout.size, chunks, cache, lambda c: self._chunk(partial, c))
+
+    def _chunk(self, partial: PartialFile, c: int) -> bytes:
+        """Chunk ``c`` of a partly fetched content: from its file when there (checked), else fetched
+        once however many readers ask, waited for at most WAIT seconds."""
+        data = partial.read(c)
+        if data is not None:
+            return data
+        key = (partial.digest, c)
+        with self._lock:
+            future = self._chunks_inflight.get(key)
+            if future is None:
+                future = self._chunks_inflight[key] = self._pool.submit(self._fetch_chunk, partial, c)
+                future.add_done_callback(lambda f, k=key: self._chunks_inflight.get(k) is f
+                                         and self._chunks_inflight.pop(k))
+        return self._wait(future, partial.digest)
+
+    def _fetch_chunk(self, partial: PartialFile, c: int) -> bytes:
+        """One chunk's frame, one single-range GET (retried when wrong), checked, then kept in the
+        content's file; the last one missing makes it a blob (in the background)."""
+        where = self._where[partial.digest]
+        start, end = partial.layout.stored_range(c)
+        base = where.frame.offset
+        remote = self._remote(where.source)
+
+        def get() -> tuple[bytes, bytes]:
+            stored = remote.get_range(where.pack["digest"], base + start, base + end)
+            try:
+                return stored, partial.layout.content(c, stored)
+            except VockerError as exc:
+                raise type(exc)(f"{exc} (content {partial.digest} from pack {where.pack['digest']})") from None
+
+        try:
+            stored, data = retrying(f"chunk {c} of {partial.digest}", get)
+        except RangeIgnored:  # the server sends whole packs only: the content whole, once
+            return self._fetch(partial.digest)[c * CHUNK:(c + 1) * CHUNK]
+        except VockerError as exc:
+            log.error("cannot fetch chunk %d of %s: %s", c, partial.digest, exc)
+            raise
+        partial.write(c, stored)
+        with self._lock:
+            self.chunk_bytes += len(stored)
+        log.debug("fetched chunk %d of %s (%d bytes; %d bytes in chunks so far)", c, partial.digest, len(stored),
+                 self.chunk_bytes)
+        if partial.complete:
+            self._ahead.submit(self._promote, partial)
+        return data
+
+    def _promote(self, partial: PartialFile) -> None:
+        """Every chunk is here: the seek table too, then the file checked whole against the
+        content's sha256, made durable and recorded as its blob (under the shared lock; while gc
+        runs it stays partial, completed by a pull)."""
+        where = self._where[partial.digest]
+        try:
+            tail = partial.layout.tail
+            if tail is not None:
+                base, remote = where.frame.offset, self._remote(where.source)
+                partial.write_tail(retrying(f"seek table of {partial.digest}", lambda: remote.get_range(
+                    where.pack["digest"], base + tail[0], base + tail[1])))
+            with self.store.lock_shared(blocking=False) as got:
+                if got and not self.store.blob_infos([partial.digest]):
+                    self._commit([partial.staged()])
+        except FileNotFoundError:  # a pull fetched it whole meanwhile (and dropped the file)
+            pass
+        except Exception as exc:  # read chunk by chunk still; a pull fetches it whole
+            log.warning("cannot keep %s whole: %s", partial.digest, exc)
 
     def _submit(self, pool: concurrent.futures.ThreadPoolExecutor, digest: str) -> concurrent.futures.Future[bytes]:
         """Called with the lock held."""
@@ -242,6 +341,7 @@ class Fetcher:
             staged = self.store.blobs.stage_stored(digest, stored, codec, data)
             if len(data) > ONE_FRAME_MAX:  # read through its file (BlobReader): kept before it is served
                 self._commit([staged])
+                partials.drop(self.store.blobs, [digest])  # what a chunked read had fetched of it
                 return
         with self._lock:
             self._fresh[digest] = (staged, data)

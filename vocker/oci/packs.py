@@ -24,9 +24,13 @@ from .. import cbor
 from ..blobstore import RAW, ZSTD, ZSTD_SEEKABLE
 from ..digest import check_digest, digest_bytes
 from ..errors import FormatError, IntegrityError
+from ..partial import ChunkLayout
 from ..seekable import SeekTableError, SeekTable
 
+#: Version 2 indexes may give large contents a chunk layout; one without is written as version 1,
+#: byte for byte as before (so packs without large files keep their index digests).
 INDEX_VERSION = 1
+CHUNKED_VERSION = 2
 #: A pack is cut where a package begins once it holds MIN bytes (at half of those places, by a
 #: hash of the package's name), inside a package once it holds TARGET, and always before MAX
 #: (unless one file is larger). About 1-2 MiB: a registry takes a blob in a few ms, and an
@@ -49,6 +53,15 @@ class Frame:
     length: int  # stored bytes in the pack
     size: int  # content bytes
     codec: str
+    #: where each chunk lies in the frame and its BLAKE3 (large contents): a reader may fetch a part
+    layout: ChunkLayout | None = None
+
+    def entry(self) -> list[object]:
+        out: list[object] = [self.digest, self.offset, self.length, self.size, self.codec]
+        if self.layout is not None:
+            ends = self.layout.ends
+            out += [self.layout.checks, [b - a for a, b in zip((0,) + ends[:-1], ends)]]
+        return out
 
 
 @attrs.frozen
@@ -56,22 +69,24 @@ class PackIndex:
     frames: tuple[Frame, ...]
 
     def encode(self) -> bytes:
-        return cbor.dumps({"v": INDEX_VERSION,
-                           "e": [[f.digest, f.offset, f.length, f.size, f.codec] for f in self.frames]})
+        chunked = any(f.layout is not None for f in self.frames)
+        return cbor.dumps({"v": CHUNKED_VERSION if chunked else INDEX_VERSION, "e": [f.entry() for f in self.frames]})
 
     @classmethod
     def decode(cls, data: bytes, pack_size: int) -> "PackIndex":
         """Parse an index, refusing one that points outside its pack, overlaps, or claims bombs."""
         raw = cbor.loads(data, "pack index")
-        if not isinstance(raw, dict) or set(raw) != {"v", "e"} or raw["v"] != INDEX_VERSION \
+        if not isinstance(raw, dict) or set(raw) != {"v", "e"} or raw["v"] not in (INDEX_VERSION, CHUNKED_VERSION) \
                 or not isinstance(raw["e"], list):
-            raise FormatError("corrupt pack index: not a version 1 pack index")
+            raise FormatError("corrupt pack index: not a version 1 or 2 pack index")
         frames, end = [], 0
+        lengths = (5, 7) if raw["v"] == CHUNKED_VERSION else (5,)
         for item in raw["e"]:
-            if not (isinstance(item, list) and len(item) == 5 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                      for x in item[1:4])):
+            if not (isinstance(item, list) and len(item) in lengths and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                            for x in item[1:4])):
                 raise FormatError("corrupt pack index: bad entry")
-            frame = Frame(check_digest(item[0], "pack entry digest"), item[1], item[2], item[3], item[4])
+            frame = Frame(check_digest(item[0], "pack entry digest"), item[1], item[2], item[3], item[4],
+                          _layout(item) if len(item) == 7 else None)
             if frame.codec not in CODECS:
                 raise FormatError(f"corrupt pack index: unknown codec {frame.codec!r}")
             if frame.offset < end or frame.length < 0 or frame.offset + frame.length > pack_size:
@@ -83,6 +98,24 @@ class PackIndex:
             end = frame.offset + frame.length
             frames.append(frame)
         return cls(tuple(frames))
+
+
+def _layout(item: list) -> ChunkLayout:  # type: ignore[type-arg]
+    """The chunk layout of a version 2 entry, refused unless it fits the entry."""
+    checks, lengths = item[5], item[6]
+    if not isinstance(checks, bytes) or not isinstance(lengths, list) or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
+        raise FormatError("corrupt pack index: bad chunk layout")
+    ends, at = [], 0
+    for n in lengths:
+        at += n
+        ends.append(at)
+    layout = ChunkLayout(item[3], item[4], item[2], checks, tuple(ends))
+    try:
+        layout.check()
+    except ValueError:
+        raise FormatError(f"hostile pack index: entry {item[0]} has a chunk layout that does not fit it") from None
+    return layout
 
 
 def content_of(frame: Frame, stored: bytes) -> bytes:
@@ -180,11 +213,12 @@ def group(files: Iterable[tuple[str, str, int]]) -> Iterator[list[str]]:
         yield pack
 
 
-def build(frames: list[tuple[str, bytes, int, str]]) -> tuple[bytes, bytes]:
-    """(pack bytes, index bytes) of (digest, stored bytes, size, codec) in the given order."""
+def build(frames: list[tuple[str, bytes, int, str, bytes]]) -> tuple[bytes, bytes]:
+    """(pack bytes, index bytes) of (digest, stored bytes, size, codec, chunk digests) in the given
+    order; a large content gets its chunk layout (a lazy reader then fetches only what it reads)."""
     out, index, offset = [], [], 0
-    for digest, stored, size, codec in frames:
-        index.append(Frame(digest, offset, len(stored), size, codec))
+    for digest, stored, size, codec, checks in frames:
+        index.append(Frame(digest, offset, len(stored), size, codec, ChunkLayout.of_stored(stored, size, codec, checks)))
         out.append(stored)
         offset += len(stored)
     return b"".join(out), PackIndex(tuple(index)).encode()
