@@ -136,7 +136,7 @@ def _layout_frames(layout: Path) -> list[tuple[str, int, int, str]]:
     for i, desc in enumerate(layers):
         if desc["mediaType"] == "application/vnd.vocker.pack.v1":
             entries = cbor2.loads((blobs / layers[i - 1]["digest"][7:]).read_bytes())["e"]
-            out += [(desc["digest"][7:], off, length, digest) for digest, off, length, _, _ in entries]
+            out += [(desc["digest"][7:], e[1], e[2], e[0]) for e in entries]
     return out
 
 
@@ -221,3 +221,191 @@ def test_server_that_stops_answering_gives_eio_in_bounded_time_and_the_mount_sta
     assert other("verify").returncode == 0
     other("pull", f"{reg.address}/app:v1")
     assert other("verify").returncode == 0 and images(other)[0]["partial"] is False
+
+
+# -- large files: fetched by the chunks that are read ------------------------------------------
+
+CHUNK = 128 << 10
+BIG = 4 << 20  # random: stored raw
+TEXT = (3 << 20) + 12_345  # compressible: stored as seekable zstd
+
+
+def big_venv(make_venv, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The app venv plus two large files (over 1 MiB): one incompressible, one compressible."""
+    env = app_venv(make_venv, path)
+    rng = random.Random(15)
+    (site_of(env) / "bigpkg" / "huge.bin").write_bytes(rng.randbytes(BIG))
+    words = [rng.randbytes(6).hex().encode() for _ in range(4000)]
+    (site_of(env) / "bigpkg" / "text.dat").write_bytes(b" ".join(rng.choice(words) for _ in range(TEXT // 13))[:TEXT])
+    return env
+
+
+def served_bytes(web, pack_hex: str) -> int:  # type: ignore[no-untyped-def]
+    """Body bytes nginx sent of one blob (its access log: the combined format)."""
+    total = 0
+    for line in web.log.read_text().splitlines():
+        if f"/blobs/sha256/{pack_hex} " in line:
+            total += int(line.split('"')[2].split()[1])
+    return total
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def partial_files(runner) -> list[Path]:  # type: ignore[no-untyped-def]
+    return sorted((runner.home / "partial").glob("*")) if (runner.home / "partial").exists() else []
+
+
+def test_large_file_fetches_only_the_chunks_read_then_pull_completes_it(tmp_path, make_venv, vocker, other,
+                                                                        servers) -> None:  # noqa: F811
+    env = big_venv(make_venv, tmp_path / "env")
+    vocker("image", "import", env, "-t", "app")
+    layout = tmp_path / "www" / "images"
+    vocker("push", "app", f"{layout}:v1")
+    web = start_nginx(tmp_path / "nginx", tmp_path / "www")
+    servers.append(web)
+    huge, text = site_of(env) / "bigpkg" / "huge.bin", site_of(env) / "bigpkg" / "text.dat"
+    frames = {digest: (pack, length) for pack, _, length, digest in _layout_frames(layout)}
+    huge_pack, huge_len = frames["sha256:" + hashlib.sha256(huge.read_bytes()).hexdigest()]
+    where = tmp_path / "mnt"
+    other("mount", f"http://{web.address}/images:v1", where)
+    try:
+        rel = huge.relative_to(env)
+        middle = BIG // 2 + 1000
+        assert read_at(where / rel, middle, 4096) == huge.read_bytes()[middle:middle + 4096]
+        sent = served_bytes(web, huge_pack)
+        assert 4096 <= sent <= 3 * CHUNK < huge_len / 8, (sent, huge_len)  # about a chunk (and readahead)
+        assert len(partial_files(other)) == 1 and recorded_blobs(other) < 3
+        # a compressible one read whole through the mount: every chunk fetched, then kept as a blob
+        assert (where / text.relative_to(env)).read_bytes() == text.read_bytes()
+        digest = "sha256:" + hashlib.sha256(text.read_bytes()).hexdigest()
+        wait_for(lambda: digest in blobs_of(other), timeout=10)
+        assert other("verify").returncode == 0
+        other("gc")  # the image is still partial: what it has fetched stays, the part of huge.bin too
+        assert digest in blobs_of(other) and len(partial_files(other)) == 1
+        assert read_at(where / rel, middle, 4096) == huge.read_bytes()[middle:middle + 4096]
+        seen = contents(where)
+    finally:
+        unmount(other, where)
+    pack_size = (layout / "blobs" / "sha256" / huge_pack).stat().st_size
+    assert served_bytes(web, huge_pack) < pack_size + 3 * CHUNK  # all read, each chunk fetched once
+    [tag] = images(other)[0]["tags"]
+    other("pull", tag)
+    assert images(other)[0]["partial"] is False and partial_files(other) == []
+    assert other("verify").returncode == 0
+    other("export", tag, tmp_path / "out")
+    assert contents(tmp_path / "out") == seen
+    other("mount", tag, where)
+    try:
+        assert (where / rel).read_bytes() == huge.read_bytes()
+    finally:
+        unmount(other, where)
+
+
+def test_flipped_byte_in_a_chunk_is_eio_for_that_range_only(tmp_path, make_venv, vocker, other,
+                                                             servers) -> None:  # noqa: F811
+    env = big_venv(make_venv, tmp_path / "env")
+    vocker("image", "import", env, "-t", "app")
+    layout = tmp_path / "www" / "images"
+    vocker("push", "app", f"{layout}:v1")
+    web = start_nginx(tmp_path / "nginx", tmp_path / "www")
+    servers.append(web)
+    huge = site_of(env) / "bigpkg" / "huge.bin"
+    want = huge.read_bytes()
+    pack, off, _, _ = next(f for f in _layout_frames(layout) if f[3] == "sha256:" + hashlib.sha256(want).hexdigest())
+    bad = 10  # stored raw: chunk 10 is at 10 * CHUNK in the frame
+    pack_file = layout / "blobs" / "sha256" / pack
+    raw = bytearray(pack_file.read_bytes())
+    raw[off + bad * CHUNK + 777] ^= 0x01
+    pack_file.write_bytes(bytes(raw))
+    where = tmp_path / "mnt"
+    other("mount", f"http://{web.address}/images:v1", where, env={"VOCKER_LAZY_WAIT": str(WAIT)})
+    try:
+        path = where / huge.relative_to(env)
+        for c in (bad - 4, bad + 4):
+            assert read_at(path, c * CHUNK, 4096) == want[c * CHUNK:c * CHUNK + 4096]
+        proc = subprocess.run(["dd", f"if={path}", "bs=4096", f"skip={bad * CHUNK // 4096 + 3}", "count=1",
+                               "iflag=direct"], capture_output=True, timeout=60)
+        assert proc.returncode != 0 and b"Input/output error" in proc.stderr, proc.stderr
+        for c in (bad - 4, bad - 1, bad + 1, bad + 4):  # the rest of the file is served
+            assert read_at(path, c * CHUNK + 5, 4096) == want[c * CHUNK + 5:c * CHUNK + 4101]
+        assert other("verify").returncode == 0
+    finally:
+        unmount(other, where)
+    assert "sha256:" + hashlib.sha256(want).hexdigest() not in blobs_of(other)  # never kept as a blob
+
+
+def test_kill_9_during_a_chunk_fetch_leaves_a_store_that_verifies(tmp_path, make_venv, vocker, other,
+                                                                  servers) -> None:  # noqa: F811
+    env = big_venv(make_venv, tmp_path / "env")
+    vocker("image", "import", env, "-t", "app")
+    reg = start_registry(tmp_path / "registry")
+    servers.append(reg)
+    vocker("push", "app", f"{reg.address}/app:v1")
+    where = tmp_path / "mnt"
+    other("mount", f"{reg.address}/app:v1", where, env={"VOCKER_LAZY_WAIT": "30"})
+    path = site_of(where) / "bigpkg" / "huge.bin"
+    want = (site_of(env) / "bigpkg" / "huge.bin").read_bytes()
+    try:
+        assert read_at(path, 5 * CHUNK, 100) == want[5 * CHUNK:5 * CHUNK + 100]
+        os.killpg(reg.proc.pid, signal.SIGSTOP)
+        try:
+            reader = subprocess.Popen(["dd", f"if={path}", "bs=4096", f"skip={20 * CHUNK // 4096}", "count=1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            for pid in daemon_pids(tmp_path):
+                os.kill(pid, signal.SIGKILL)
+            reader.wait(timeout=30)
+        finally:
+            os.killpg(reg.proc.pid, signal.SIGCONT)
+    finally:
+        other("unmount", "-f", where, check=False)
+    assert partial_files(other)  # the part fetched, in its sparse file: never a blob
+    assert other("verify").returncode == 0
+    other("gc")
+    assert other("verify").returncode == 0 and partial_files(other)  # still partial: kept
+    other("pull", f"{reg.address}/app:v1")
+    assert other("verify").returncode == 0 and images(other)[0]["partial"] is False and not partial_files(other)
+    other("export", "app:v1", tmp_path / "out")
+    assert (site_of(tmp_path / "out") / "bigpkg" / "huge.bin").read_bytes() == want
+
+
+def _bad_chunk_layout(data: bytes) -> bytes:
+    doc = cbor2.loads(data)
+    entry = next(e for e in doc["e"] if len(e) == 7)
+    entry[5] = entry[5][:-32]  # one chunk digest short
+    return cbor2.dumps(doc, canonical=True)
+
+
+def test_pack_index_gives_large_files_a_chunk_layout_and_others_stay_version_1(tmp_path, make_venv, vocker,
+                                                                               other) -> None:  # noqa: F811
+    from test_share import _rewrite, assert_nothing_recorded, assert_one_line_error
+
+    def indexes(layout: Path) -> list[dict]:
+        blobs = layout / "blobs" / "sha256"
+        doc = json.loads((blobs / json.loads((layout / "index.json").read_text())["manifests"][0]["digest"][7:])
+                         .read_bytes())
+        return [cbor2.loads((blobs / d["digest"][7:]).read_bytes()) for d in doc["layers"]
+                if d["mediaType"] == "application/vnd.vocker.pack.index.v1+cbor"]
+
+    vocker("image", "import", app_venv(make_venv, tmp_path / "small"), "-t", "small")
+    vocker("push", "small", tmp_path / "small-repo")
+    assert {(i["v"], len(e)) for i in indexes(tmp_path / "small-repo") for e in i["e"]} == {(1, 5)}  # as before
+    env = big_venv(make_venv, tmp_path / "env")
+    vocker("image", "import", env, "-t", "app")
+    layout = tmp_path / "repo"
+    vocker("push", "app", layout)
+    large = [e for i in indexes(layout) for e in i["e"] if e[3] > 1 << 20]
+    assert len(large) == 2 and all(len(e) == 7 and len(e[5]) == 32 * -(-e[3] // CHUNK) for e in large)
+    assert {e[4] for e in large} == {"raw", "zstd-seekable"}
+    for i in indexes(layout):  # version 2 only where a large file needs it; small files' entries as before
+        assert i["v"] == (2 if any(len(e) == 7 for e in i["e"]) else 1)
+        assert all(len(e) == 5 for e in i["e"] if e[3] <= 1 << 20)
+    _rewrite(layout, "application/vnd.vocker.pack.index.v1+cbor", _bad_chunk_layout)
+    assert_one_line_error(other("pull", layout, check=False), "chunk layout that does not fit")
+    assert_nothing_recorded(other)
