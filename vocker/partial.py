@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -123,7 +122,7 @@ class PartialFile:
         if os.fstat(self._fd).st_size != layout.length:
             os.ftruncate(self._fd, layout.length)  # holes: read as zeros, which match no chunk
         self.present: set[int] = set()  # chunks known good in this process
-        self.lock = threading.Lock()
+        self.whole: BlobReader | None = None  # its blob, once fetched whole by another way
 
     def read(self, c: int) -> bytes | None:
         """Chunk ``c`` if the file holds it (checked), else None."""

@@ -206,6 +206,9 @@ class Fetcher:
         data = partial.read(c)
         if data is not None:
             return data
+        whole = self._whole(partial)
+        if whole is not None:  # fetched whole since (a pull, a server that ignores Range): read there
+            return whole.pread(CHUNK, c * CHUNK)
         key = (partial.digest, c)
         with self._lock:
             future = self._chunks_inflight.get(key)
@@ -214,6 +217,17 @@ class Fetcher:
                 future.add_done_callback(lambda f, k=key: self._chunks_inflight.get(k) is f
                                          and self._chunks_inflight.pop(k))
         return self._wait(future, partial.digest)
+
+    def _whole(self, partial: PartialFile) -> BlobReader | None:
+        """A reader of the content's blob when it is in the store (its partial file then is not)."""
+        if partial.whole is None:
+            lay = partial.layout
+            try:
+                partial.whole = BlobReader(self.store.blobs.path(partial.digest), partial.digest, lay.codec, lay.size,
+                                           lay.checks, None)
+            except VockerError:  # not there (MissingObjectError): fetched a chunk at a time
+                return None
+        return partial.whole
 
     def _fetch_chunk(self, partial: PartialFile, c: int) -> bytes:
         """One chunk's frame, one single-range GET (retried when wrong), checked, then kept in the
