@@ -43,7 +43,7 @@ def mount_cmd(ref: str, directory: str, read_only: bool, audit: bool, python: Pa
     IMAGE may be a remote reference (HOST[:PORT]/NAME[:TAG], a layout directory, a URL): the
     mount is lazy. Only the image's manifest, trees and pack indexes are fetched (it is then a
     partial image, tagged as 'vocker pull' tags it); each file's content is fetched on its first
-    read, checked and kept. A read the server does not answer fails with EIO after
+    read, checked and kept (a file over 1 MiB by the 128 KiB chunks read). A read the server does not answer fails with EIO after
     VOCKER_LAZY_WAIT seconds (default 20). 'vocker pull' completes the image.
     """
     from ..mounting import mount
