@@ -48,7 +48,8 @@ class LowLevelFS:
         self.on_ready = on_ready
         self.nodes = NodeTable()
         self.session: int | None = None
-        self._dirs: dict[int, list[tuple[bytes, int]]] = {}  # open directories: their listing
+        #: open directories: their listing, made at each read from the start (opendir, rewinddir)
+        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = iter(range(1, 1 << 62))
         self._dir_lock = threading.Lock()
         view.invalidate = self._invalidate
@@ -101,11 +102,11 @@ class LowLevelFS:
         if fi is None:
             failed = ll.reply_entry(req, ctypes.byref(e))
         else:
+            self.nodes.opened(node, 1)  # before the reply: the next request may come at once
             failed = ll.reply_create(req, ctypes.byref(e), fi)
             if failed:  # interrupted: nobody will release the handle
+                self.nodes.opened(node, -1)
                 self.view.release(fi.contents.fh)
-            else:
-                self.nodes.opened(node, 1)
         if failed:
             self.nodes.forget(node.id, 1)
 
@@ -264,10 +265,10 @@ class LowLevelFS:
         f = fi.contents
         f.fh = self.view.open(node.parts, f.flags)
         f.keep_cache = 1  # as kernel_cache: every change goes through this mount
+        self.nodes.opened(node, 1)  # before the reply: an unlink may come at once
         if ll.reply_open(req, fi):
+            self.nodes.opened(node, -1)
             self.view.release(f.fh)
-        else:
-            self.nodes.opened(node, 1)
 
     def op_create(self, req: int, parent: int, name: bytes, mode: int, fi: Any) -> None:
         parts = self._child(parent, name)
@@ -301,12 +302,16 @@ class LowLevelFS:
         self.view.fsync(fi.contents.fh, bool(datasync))
         ll.reply_err(req, 0)
 
+    def _listing(self, ino: int) -> list[tuple[bytes, int]]:
+        if self.nodes.node(ino).parts is None:
+            return []  # removed while open: empty, as on a disk
+        return [(b".", stat.S_IFDIR), (b"..", stat.S_IFDIR),
+                *((os.fsencode(n), kind) for n, kind in self.view.readdir_typed(self.nodes.parts(ino)))]
+
     def op_opendir(self, req: int, ino: int, fi: Any) -> None:
-        listing = [(b".", stat.S_IFDIR), (b"..", stat.S_IFDIR),
-                   *((os.fsencode(n), kind) for n, kind in self.view.readdir_typed(self.nodes.parts(ino)))]
         with self._dir_lock:
             fh = next(self._next_dir)
-            self._dirs[fh] = listing
+            self._dirs[fh] = []
         f = fi.contents
         f.fh = fh
         f.keep_cache = 1
@@ -315,7 +320,8 @@ class LowLevelFS:
             self._dirs.pop(fh, None)
 
     def op_readdir(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
-        listing = self._dirs[fi.contents.fh]
+        fh = fi.contents.fh
+        listing = self._dirs[fh] = self._listing(ino) if off == 0 else self._dirs[fh]
         buf = ctypes.create_string_buffer(size)
         base, pos = ctypes.addressof(buf), 0
         for i in range(off, len(listing)):
