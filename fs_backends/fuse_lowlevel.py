@@ -5,7 +5,8 @@ Selected with ``VOCKER_FUSE=lowlevel`` (vocker.daemon). Against the high-level d
 - CREATE, MKDIR, MKNOD, SYMLINK, LINK and SETATTR are answered with the attributes the
   change produced (high-level libfuse sends itself a GETATTR after each);
 - directory listings are cached by the kernel (``cache_readdir`` + ``keep_cache`` on
-  OPENDIR): a warm walk of the tree sends no READDIR. That is sound for every directory:
+  OPENDIR): a warm walk of the tree sends no READDIR. That is sound for every directory
+  but a generated ``__pycache__`` listing pycs not compiled yet (view.listing_may_change):
   the kernel drops a directory's cached listing itself when a change through this mount
   touches it (its version counter), and the changes made from outside a request (a warm
   mount's reset, a remount) drop it with the entries they invalidate.
@@ -309,13 +310,14 @@ class LowLevelFS:
                 *((os.fsencode(n), kind) for n, kind in self.view.readdir_typed(self.nodes.parts(ino)))]
 
     def op_opendir(self, req: int, ino: int, fi: Any) -> None:
+        node = self.nodes.node(ino)
+        cache = node.parts is not None and not self.view.listing_may_change(node.parts)
         with self._dir_lock:
             fh = next(self._next_dir)
             self._dirs[fh] = []
         f = fi.contents
         f.fh = fh
-        f.keep_cache = 1
-        f.cache_readdir = 1
+        f.keep_cache = f.cache_readdir = int(cache)
         if ll.reply_open(req, fi):
             self._dirs.pop(fh, None)
 
