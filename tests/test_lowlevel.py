@@ -19,6 +19,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mounthelp import mount_record  # noqa: E402
+from test_bytecode import fresh_mount  # noqa: E402,F401
+from test_bytecode import \
+    test_a_walk_of_a_fresh_mount_compiles_nothing_and_an_import_then_uses_served_bytecode as _walk_then_import  # noqa: E402
 from test_overlay import (SCENARIOS, conform, home, mounted, no_leftover_mounts, plain, tree,  # noqa: E402,F401
                           pytestmark)
 
@@ -120,3 +123,9 @@ def test_rename_noreplace_refuses_an_existing_name(mnt: Path, plain: Path) -> No
         assert (root / "small.txt").read_text() == "hello world\n"
         assert _renameat2(root / "new", root / "fresh", RENAME_NOREPLACE) == 0
         assert (root / "fresh").read_text() == "n"
+
+
+def test_a_pycache_listing_that_compiling_may_change_is_not_kept(fresh_mount, vocker, vocker_home: Path) -> None:
+    """A generated __pycache__ lists pycs not compiled yet; one whose source does not compile
+    goes at the compile, which no request of the kernel's makes: such a listing is not cached."""
+    _walk_then_import(fresh_mount, vocker, vocker_home)

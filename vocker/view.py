@@ -381,7 +381,7 @@ class ContainerView:
         (so a driver must not let the kernel cache it): a generated __pycache__ that lists pycs
         not compiled yet, of which one that fails to compile goes once its directory is compiled."""
         found = self.find(parts)
-        if not (found.lower_below and found.kind_is_dir_lower and found.lower.pyc_dir is not None):  # type: ignore[union-attr]
+        if not (found.lower_below and found.lower is not None and found.lower.pyc_dir is not None):
             return False
         return any(node.pyc_pending for node in (self.image.children(parts) or {}).values())
 
