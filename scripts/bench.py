@@ -39,6 +39,8 @@ W2. ``uv pip install --no-deps`` (offline, warm uv cache, copy mode) of 50 distr
 W3. ``git clone`` (``file://``: the pack protocol) of a generated repository of 3 000 files
     and 300 commits;
 W4. ``find`` and ``du -s`` over the large image (the mount part's), warm.
+``--fuse highlevel,lowlevel`` measures each FUSE driver (``VOCKER_FUSE``) against the
+same disk runs.
 
 Every timing is the wall-clock time of the whole command (interpreter start-up
 included) unless it says in-process, the median of ``--repeat`` runs (3x as many for
@@ -1250,6 +1252,8 @@ class Bench:
         large = self.uv_venv("quick" if self.quick else "env100", QUICK_PINS if self.quick else ENV100_PINS)
         home = self.fresh(self.stores / "writes")
         env = self.venv_env(home)
+        drivers = self.args.fuse
+        envs = {d: self.driver_env(env, d) for d in drivers}
         (self.scratch / "mnt").mkdir(parents=True, exist_ok=True)
         for tag, tree in (("small", small), ("large", large)):
             log(f"writes part: importing {tree.name} as bench:{tag}")
@@ -1276,12 +1280,13 @@ class Bench:
         shutil.copytree(base, warm, symlinks=True)
         self.runner.run(["bash", "-c", workloads["pip"].replace("ENV", q(str(warm)))], env=uv_env, name="w2-warm")
         rmtree(warm)
-        times: dict[str, dict[str, list[float]]] = {w: {"mount": [], "disk": []} for w in workloads}
+        times: dict[str, dict[str, list[float]]] = {w: {"disk": [], **{d: [] for d in drivers}} for w in workloads}
         checks: dict[str, dict[str, str]] = {w: {} for w in workloads}
         for i in range(self.repeat):
             for what, cmd in workloads.items():
-                for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
-                    seconds, check = self.write_once(env, uv_env, what, cmd, side, base, py, i)
+                sides = ["disk", *drivers]
+                for side in (sides if i % 2 == 0 else sides[::-1]):
+                    seconds, check = self.write_once(envs.get(side, env), uv_env, what, cmd, side, base, py, i)
                     times[what][side].append(seconds)
                     checks[what][side] = check
         res["times"], res["checks"] = times, checks
@@ -1296,14 +1301,26 @@ class Bench:
                 "git": "file:// URL (the pack protocol, no hard links), then a checkout of every file"}
         for what in workloads:
             t = times[what]
-            same = checks[what]["mount"] == checks[what]["disk"]
-            ratio = median(t["mount"]) / median(t["disk"])
-            self.row(labels[what], median(t["mount"]), median(t["disk"]), None,
-                     f"{hows[what]}; result identical to disk: {same}; paired ratio {_paired(t['mount'], t['disk'])}; "
-                     f"samples {_samples(t['mount'])}; disk {_samples(t['disk'])}", base_name="plain disk",
-                     target_desc=f"<= {TARGET_WRITES}x disk", passed=ratio <= TARGET_WRITES and same)
-        self.w4_walk(env, res)
+            for d in drivers:
+                same = checks[what][d] == checks[what]["disk"]
+                ratio = median(t[d]) / median(t["disk"])
+                self.row(labels[what] + self.driver_label(d), median(t[d]), median(t["disk"]), None,
+                         f"{hows[what]}; result identical to disk: {same}; paired ratio {_paired(t[d], t['disk'])}; "
+                         f"samples {_samples(t[d])}; disk {_samples(t['disk'])}", base_name="plain disk",
+                         target_desc=f"<= {TARGET_WRITES}x disk", passed=ratio <= TARGET_WRITES and same)
+        self.w4_walk(envs, res)
         rmtree(base)
+
+    def driver_env(self, env: dict[str, str], driver: str) -> dict[str, str]:
+        """``env`` for mounts served by one FUSE driver (vocker.daemon reads VOCKER_FUSE)."""
+        env = dict(env)
+        env.pop("VOCKER_FUSE", None)
+        if driver != "highlevel":
+            env["VOCKER_FUSE"] = driver
+        return env
+
+    def driver_label(self, driver: str) -> str:
+        return f" ({driver} FUSE driver)" if len(self.args.fuse) > 1 or driver != "highlevel" else ""
 
     def write_once(self, env: dict[str, str], uv_env: dict[str, str], what: str, cmd: str, side: str, base: Path,
                    py: str, i: int) -> tuple[float, str]:
@@ -1317,7 +1334,7 @@ class Bench:
                 root.mkdir()
             ctx: Any = contextlib.nullcontext(root)
         else:
-            ctx = self.cli_mounted(env, "bench:small", self.scratch / "mnt" / f"writes-{what}-{i}", f"w-{what}")
+            ctx = self.cli_mounted(env, "bench:small", self.scratch / "mnt" / f"writes-{what}-{side}-{i}", f"w-{what}")
         with ctx as root:
             shell = cmd.replace("DEST", q(str(root / "dest"))).replace("ENV", q(str(root)))
             r = self.runner.run(["bash", "-c", shell], env=uv_env if what == "pip" else None,
@@ -1331,12 +1348,18 @@ class Bench:
             rmtree(root)
         return r.seconds, listing
 
-    def w4_walk(self, env: dict[str, str], res: dict[str, Any]) -> None:
-        """find and du -s over the large image, warm, against its export."""
+    def w4_walk(self, envs: dict[str, dict[str, str]], res: dict[str, Any]) -> None:
+        """find and du -s over the large image, warm, against its export (for each driver)."""
         exported = self.fresh(self.scratch / "writes-export-large")
-        self.runner.run([self.vocker, "export", "bench:large", str(exported)], env=env, name="writes-export-large")
+        self.runner.run([self.vocker, "export", "bench:large", str(exported)], env=next(iter(envs.values())),
+                        name="writes-export-large")
+        for driver, env in envs.items():
+            self.w4_walk_one(env, driver, exported, res)
+        rmtree(exported)
+
+    def w4_walk_one(self, env: dict[str, str], driver: str, exported: Path, res: dict[str, Any]) -> None:
         n = self.fast_n
-        with self.cli_mounted(env, "bench:large", self.scratch / "mnt" / "writes-walk", "w-walk") as live:
+        with self.cli_mounted(env, "bench:large", self.scratch / "mnt" / f"writes-walk-{driver}", "w-walk") as live:
             q = {"mount": shlex.quote(str(live)), "disk": shlex.quote(str(exported))}
             for what, cmd in (("find", "find {} > /dev/null"), ("du", "du -s {} > /dev/null")):
                 first = {side: self.runner.run(["bash", "-c", cmd.format(q[side])], name=f"w4-{what}-prime-{side}").seconds
@@ -1346,13 +1369,13 @@ class Bench:
                     for side in (("disk", "mount") if i % 2 == 0 else ("mount", "disk")):
                         t[side].append(self.runner.run(["bash", "-c", cmd.format(q[side])],
                                                        name=f"w4-{what}-{side}").seconds)
-                res[f"w4_{what}"] = {**t, "prime": first}
-                self.row(f"W4 `{cmd.format('DIR').replace(' > /dev/null', '')}` over the large image, warm",
+                res[f"w4_{what}" + ("" if driver == "highlevel" else f"_{driver}")] = {**t, "prime": first}
+                self.row(f"W4 `{cmd.format('DIR').replace(' > /dev/null', '')}` over the large image, warm"
+                         + self.driver_label(driver),
                          median(t["mount"]), median(t["disk"]), None,
                          f"paired ratio {_paired(t['mount'], t['disk'])}; samples {_samples(t['mount'])}; disk "
                          f"{_samples(t['disk'])}; first run on this mount (untimed prime) {first['mount']:.2f} s, disk "
                          f"{first['disk']:.2f} s", base_name="exported venv", target_desc="-", passed=None)
-        rmtree(exported)
 
     def tar_archive(self) -> tuple[Path, int]:
         """The W1 archive (generated once): TAR_DIRS directories of TAR_FILES_PER_DIR files of 0-4 KiB."""
@@ -1846,11 +1869,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "tar, python imports and a big read (WORK/profile-mount.txt)")
     p.add_argument("--rebuild", action="store_true", help="re-create the test venvs (and the generated file) "
                    "even if cached")
+    p.add_argument("--fuse", default=None, help="writes part: the FUSE drivers to measure, each against "
+                   "the same disk runs, e.g. 'highlevel,lowlevel' (default: VOCKER_FUSE's, else highlevel)")
     p.add_argument("--only", choices=(*CORE_PARTS, *PLUGIN_PARTS, "all"), default="all",
                    help="run only one part: import/export, the mount layer, build, or writes into "
                         "containers (default: all)")
     args = p.parse_args(argv)
     args.argv = argv
+    args.fuse = (args.fuse or os.environ.get("VOCKER_FUSE") or "highlevel").split(",")
+    if not set(args.fuse) <= {"highlevel", "lowlevel"}:
+        p.error("--fuse takes highlevel and/or lowlevel")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:

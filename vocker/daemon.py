@@ -88,7 +88,10 @@ def main(config: dict[str, Any]) -> int:
     view: ContainerView | None = None
     recorded = False
     try:
-        from fs_backends.fuse_linux import serve
+        if os.environ.get("VOCKER_FUSE") == "lowlevel":  # the low-level driver (fs_backends/fuse_lowlevel.py)
+            from fs_backends.fuse_lowlevel import serve
+        else:
+            from fs_backends.fuse_linux import serve
         from .view import ContainerView
 
         upper = None if config["read_only"] else containers.upper_dir(store, name)
@@ -119,7 +122,8 @@ def main(config: dict[str, Any]) -> int:
                                  "allow_other": config.get("allow_other", False), "control": control.decode("latin-1") if control else None,
                                  **({"warm": True} if config.get("warm_control") else {})})
         recorded = True
-        log.info("serving container %s (image %s) at %s", name, config["image_id"], mountpoint)
+        log.info("serving container %s (image %s) at %s (driver %s)", name, config["image_id"], mountpoint,
+                 serve.__module__)
         # The read-ahead goes through the mount, so its reads are served like any request. A
         # warm-up looping in here instead held the GIL while the first requests, the ones a
         # waiting user sees, queued behind it (3-4x slower `python -c pass`).

@@ -376,6 +376,15 @@ class ContainerView:
         names = upper | (lower.keys() - hidden)
         return [(n, _FILE_TYPE[lower[n].kind] if n in lower and n not in upper else 0) for n in sorted(names)]
 
+    def listing_may_change(self, parts: Parts) -> bool:
+        """Whether the listing of directory ``parts`` may change with no change through the mount
+        (so a driver must not let the kernel cache it): a generated __pycache__ that lists pycs
+        not compiled yet, of which one that fails to compile goes once its directory is compiled."""
+        found = self.find(parts)
+        if not (found.lower_below and found.lower is not None and found.lower.pyc_dir is not None):
+            return False
+        return any(node.pyc_pending for node in (self.image.children(parts) or {}).values())
+
     def readlink(self, parts: Parts) -> str:
         found = self.find(parts)
         if found.upper:
