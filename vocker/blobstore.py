@@ -207,6 +207,15 @@ class BlobFiles:
             raise
         return Staged(tmp, str(self.path(digest)), BlobInfo(digest, size, stored, codec), chunks)
 
+    def commit_or_discard(self, staged: list[Staged]) -> None:
+        """``commit``, or, if that fails (a full disk, Ctrl-C), remove every staged file: the
+        caller records the blobs only after this returns."""
+        try:
+            self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+
     def commit(self, staged: list[Staged]) -> None:
         """Make staged blobs durable and put them under their names (the caller then records them)."""
         if not staged:

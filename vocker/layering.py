@@ -95,11 +95,7 @@ def _record(store: Store, manifest: Manifest, objects: dict[str, bytes], staged:
     manifest_bytes = manifest.encode()
     image_id = digest_bytes(manifest_bytes)
     files, size = _counts(store, flat)
-    try:
-        store.blobs.commit(staged)
-    except BaseException:
-        store.blobs.discard(staged)
-        raise
+    store.blobs.commit_or_discard(staged)
     with store.write() as conn:
         store.record_staged(conn, staged)
         store.record_objects(conn, "tree", objects)

@@ -83,11 +83,16 @@ def _start_service(store_root: Path) -> None:
 def request(sock: socket.socket, message: dict[str, object]) -> dict[str, object]:
     """One JSON line each way."""
     sock.sendall(json.dumps(message).encode() + b"\n")
+    return read_line(sock, "the warm-mount service closed the connection")
+
+
+def read_line(sock: socket.socket, closed: str) -> dict[str, object]:
+    """One JSON line from ``sock`` (the protocol of the service and its clients)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = sock.recv(65536)
         if not chunk:
-            raise ConnectionError("the warm-mount service closed the connection")
+            raise ConnectionError(closed)
         data += chunk
     return json.loads(data)
 

@@ -32,7 +32,7 @@ import attrs
 from . import containers, warm
 from .errors import VockerError
 from .mounting import fuse_mounts, mount, pid_alive, unmount
-from .runclient import service_address, warm_root
+from .runclient import read_line, service_address, warm_root
 from .store import Store
 
 #: Warm mounts per image: runs of one image at the same time use separate mounts.
@@ -83,13 +83,7 @@ class Service:
                 conn.close()
                 return
             conn.settimeout(5)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed")
-                data += chunk
-            message = json.loads(data)
+            message = read_line(conn, "closed")
             reply = self._lease(conn, str(message["ref"])) if message.get("op") == "lease" else \
                 {"released": self.release(set(message["images"]) if message.get("images") else None)}
             conn.sendall(json.dumps(reply).encode() + b"\n")

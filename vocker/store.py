@@ -249,11 +249,7 @@ class Store:
         with self.read() as conn:
             present = {r[0] for r in db.select_in(conn, "SELECT digest FROM blobs WHERE digest IN ({})", datas)}
         staged = [self.blobs.stage(d, data) for d, data in datas.items() if d not in present]
-        try:
-            self.blobs.commit(staged)
-        except BaseException:
-            self.blobs.discard(staged)
-            raise
+        self.blobs.commit_or_discard(staged)
         with self.write(wait_ms=wait_ms) as conn:
             self.record_staged(conn, staged)
             if pycs is not None:

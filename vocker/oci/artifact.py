@@ -492,11 +492,7 @@ def pull(store: Store, remote: Remote, ref: str, tag: str | None, reporter: Repo
                 del staged_all[:]
                 last_commit[0] = time.monotonic()
             # Durable and recorded a batch at a time (one syncfs each): an interrupted pull keeps them
-            try:
-                store.blobs.commit(batch)
-            except BaseException:
-                store.blobs.discard(batch)
-                raise
+            store.blobs.commit_or_discard(batch)
             with store.write() as conn:
                 store.record_staged(conn, batch)
 

@@ -363,11 +363,7 @@ class Fetcher:
 
     def _commit(self, staged: list[Staged]) -> None:
         """Durable, then recorded (the store's rule); the caller holds the shared lock."""
-        try:
-            self.store.blobs.commit(staged)
-        except BaseException:
-            self.store.blobs.discard(staged)
-            raise
+        self.store.blobs.commit_or_discard(staged)
         with self.store.write() as conn:
             self.store.record_staged(conn, staged)
         for s in staged:
