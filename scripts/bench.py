@@ -1114,7 +1114,8 @@ class Bench:
         pins = QUICK_PINS if self.quick else ENV100_PINS
         req = self.work / f"requirements-m5-{self.mode}.txt"
         req.write_text("".join(p + "\n" for p in pins))
-        run_env = dict(env, TMPDIR=str(self.scratch / "tmp"))  # so `vocker run`'s mount is under the work dir
+        # so `vocker run`'s mount is under the work dir, and fresh each time (the warm part measures warm runs)
+        run_env = dict(env, TMPDIR=str(self.scratch / "tmp"), VOCKER_WARM_IDLE="0")
         uv_env = {k: v for k, v in run_env.items() if not k.startswith("UV_") and k != "VIRTUAL_ENV"}
         uv_env["UV_CACHE_DIR"] = str(self.work / "uv-cache-m5")  # warm; UV_LINK_MODE left at its default
 
