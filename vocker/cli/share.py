@@ -135,7 +135,8 @@ def save_cmd(image_refs: tuple[str, ...], output: str) -> None:
             moved += t.moved_bytes
         writer.close()
     where = "stdout" if output == "-" else output
-    err.print(f"Saved {len(ids)} image{'s' if len(ids) > 1 else ''} to {where} ({human_size(moved)}) "
+    size = f"{human_size(moved)} of contents" + ("" if output == "-" else f", {human_size(os.path.getsize(output))} file")
+    err.print(f"Saved {len(ids)} image{'s' if len(ids) > 1 else ''} to {where} ({size}) "
               f"in {time.perf_counter() - started:.2f}s", markup=False)
 
 
