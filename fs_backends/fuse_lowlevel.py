@@ -4,12 +4,14 @@ Selected with ``VOCKER_FUSE=lowlevel`` (vocker.daemon). Against the high-level d
 (fuse_linux), which it otherwise matches option for option, it saves requests:
 - CREATE, MKDIR, MKNOD, SYMLINK, LINK and SETATTR are answered with the attributes the
   change produced (high-level libfuse sends itself a GETATTR after each);
-- directory listings are cached by the kernel (``cache_readdir`` + ``keep_cache`` on
-  OPENDIR): a warm walk of the tree sends no READDIR. That is sound for every directory
-  but a generated ``__pycache__`` listing pycs not compiled yet (view.listing_may_change):
-  the kernel drops a directory's cached listing itself when a change through this mount
-  touches it (its version counter), and the changes made from outside a request (a warm
-  mount's reset, a remount) drop it with the entries they invalidate.
+- it answers OPENDIR with ENOSYS, so the kernel (5.1+) sends no OPENDIR or RELEASEDIR
+  again and keeps every directory's listing (as ``cache_readdir`` + ``keep_cache``): a warm
+  walk of the tree sends no request per directory. The kernel drops a cached listing itself
+  when a change through this mount touches the directory (its version counter); the changes
+  made from outside a request (a warm mount's reset, a remount) drop it with the entries they
+  invalidate; and a generated ``__pycache__`` listed while it still lists pycs not compiled
+  yet (view.listing_may_change) is dropped once a lookup below it changed its listing (a
+  source that does not compile loses its pyc name at its directory's compile).
 The view is path-based, the kernel names nodes by id: ll_nodes keeps the table between them.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import stat
 import threading
@@ -29,6 +32,7 @@ from . import ll_ctypes as ll
 from .fuse_linux import _UNKNOWN_INO, CACHE_SECONDS, MAX_IDLE_THREADS, _gil_ensure, _pinned
 from .ll_nodes import Node, NodeTable
 
+log = logging.getLogger("vocker.fuse")
 _KIND_STAT = {}
 for _kind in (0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
     _KIND_STAT[_kind] = _st = ll.c_stat()
@@ -49,9 +53,10 @@ class LowLevelFS:
         self.on_ready = on_ready
         self.nodes = NodeTable()
         self.session: int | None = None
-        #: open directories: their listing, made at each read from the start (opendir, rewinddir)
-        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
-        self._next_dir = iter(range(1, 1 << 62))
+        #: directories being read: their listing, made at each read from the start (rewinddir)
+        self._reading: dict[int, list[tuple[bytes, int]]] = {}
+        #: directories whose listing (as the kernel keeps it) compiling may change: their names
+        self._volatile: dict[int, list[tuple[bytes, int]]] = {}
         self._dir_lock = threading.Lock()
         view.invalidate = self._invalidate
         view.invalidate_entry = self._invalidate_entry
@@ -160,8 +165,26 @@ class LowLevelFS:
             e = ll.fuse_entry_param()  # ino 0: a negative entry, cached as long as the others
             e.entry_timeout = CACHE_SECONDS
             ll.reply_entry(req, ctypes.byref(e))
-            return
-        self._reply_entry(req, parts, attr)
+        else:
+            self._reply_entry(req, parts, attr)
+        if parent in self._volatile:
+            self._recheck_listing(parent)
+
+    def _recheck_listing(self, ino: int) -> None:
+        """A lookup below a directory whose kept listing compiling may change (it compiles a
+        pending pyc): drop that listing from the kernel if it changed; once nothing is pending,
+        the listing is stable. After the reply: no request of the kernel's waits on this one."""
+        node = self.nodes._nodes.get(ino)
+        stable = node is None or node.parts is None or not self.view.listing_may_change(node.parts)
+        listing = [] if node is None else self._listing(ino)
+        with self._dir_lock:
+            changed = self._volatile.get(ino) != listing
+            if stable:
+                self._volatile.pop(ino, None)
+            elif changed:
+                self._volatile[ino] = listing
+        if changed and self.session is not None:
+            ll.notify_inval_inode(self.session, ino, 0, 0)
 
     def op_forget(self, req: int, ino: int, nlookup: int) -> None:
         self.nodes.forget(ino, nlookup)
@@ -310,20 +333,25 @@ class LowLevelFS:
                 *((os.fsencode(n), kind) for n, kind in self.view.readdir_typed(self.nodes.parts(ino)))]
 
     def op_opendir(self, req: int, ino: int, fi: Any) -> None:
-        node = self.nodes.node(ino)
-        cache = node.parts is not None and not self.view.listing_may_change(node.parts)
-        with self._dir_lock:
-            fh = next(self._next_dir)
-            self._dirs[fh] = []
-        f = fi.contents
-        f.fh = fh
-        f.keep_cache = f.cache_readdir = int(cache)
-        if ll.reply_open(req, fi):
-            self._dirs.pop(fh, None)
+        """ENOSYS: the kernel then sends no OPENDIR nor RELEASEDIR for the mount's life, reads
+        directories without a handle and keeps their listings (FUSE_CAP_NO_OPENDIR_SUPPORT)."""
+        log.info("opendir: answered ENOSYS, the kernel keeps listings without OPENDIR from now on")
+        ll.reply_err(req, errno.ENOSYS)
 
     def op_readdir(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
-        fh = fi.contents.fh
-        listing = self._dirs[fh] = self._listing(ino) if off == 0 else self._dirs[fh]
+        with self._dir_lock:
+            listing = None if off == 0 else self._reading.get(ino)
+        if listing is None:
+            listing = self._listing(ino)
+            if off == 0:
+                parts = self.nodes.node(ino).parts
+                volatile = parts is not None and self.view.listing_may_change(parts)
+                with self._dir_lock:
+                    if len(self._reading) > 1000:  # readers that stopped half way
+                        self._reading.clear()
+                    self._reading[ino] = listing
+                    if volatile:
+                        self._volatile[ino] = listing
         buf = ctypes.create_string_buffer(size)
         base, pos = ctypes.addressof(buf), 0
         for i in range(off, len(listing)):
@@ -332,11 +360,10 @@ class LowLevelFS:
             if n > size - pos:
                 break
             pos += n
+        if pos == 0:  # the end: the kernel asks no more
+            with self._dir_lock:
+                self._reading.pop(ino, None)
         ll.reply_buf(req, buf.raw[:pos], pos)
-
-    def op_releasedir(self, req: int, ino: int, fi: Any) -> None:
-        self._dirs.pop(fi.contents.fh, None)
-        ll.reply_err(req, 0)
 
     def op_statfs(self, req: int, ino: int) -> None:
         st = self.view.statfs()

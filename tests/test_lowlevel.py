@@ -71,6 +71,26 @@ def test_cached_listings_follow_changes(mnt: Path, plain: Path) -> None:
     assert seen[mnt] == seen[plain]
 
 
+def test_listings_are_kept_without_opendir_and_dropped_by_a_reset(mnt: Path, home: Path) -> None:
+    """The kernel is told once (ENOSYS) to send no OPENDIR: it keeps every listing from then on,
+    so a change made outside any request (a warm mount's reset) must drop the kept ones."""
+    from vocker import swap, warm
+    from vocker.store import Store
+
+    name = mount_record(home, mnt)[0]
+    (mnt / "d" / "new").write_text("n")
+    (mnt / "d" / "sub" / "x").unlink()
+    before = {p: sorted(os.listdir(mnt / p)) for p in ("d", "d/sub", "sub2", "")}
+    assert "new" in before["d"] and "x" not in before["d/sub"]
+    assert {p: sorted(os.listdir(mnt / p)) for p in before} == before  # kept: no request answers these
+    assert warm.control(swap.control_address(Store.open(home), name), "reset") == "ok"
+    after = {p: sorted(os.listdir(mnt / p)) for p in before}
+    assert "new" not in after["d"] and "x" in after["d/sub"]
+    assert after["sub2"] == before["sub2"] and after[""] == before[""]
+    log = (home / "containers" / name / "daemon.log").read_text()
+    assert log.count("opendir: answered ENOSYS") == 1  # the kernel asked once, then never again
+
+
 def test_renamed_directories_keep_their_contents_reachable(mnt: Path) -> None:
     """The node table moves what is below a renamed directory (kernel entries cached for 60 s)."""
     (mnt / "a" / "b").mkdir(parents=True)
