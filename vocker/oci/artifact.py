@@ -238,12 +238,7 @@ def _checked_descriptor(raw: object, media_type: str | None = None) -> dict[str,
 
 def parse_manifest(body: bytes, where: str) -> RemoteImage:
     """Read an OCI manifest naming a vocker image; FormatError (one line) for anything else."""
-    if len(body) > MANIFEST_MAX:
-        raise FormatError(f"manifest from {where} is larger than {MANIFEST_MAX} bytes; refused")
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise FormatError(f"manifest from {where} is not JSON") from None
+    doc = media.load_json(body, MANIFEST_MAX, f"manifest from {where}")
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise FormatError(f"manifest from {where} is not an OCI image manifest")
     if doc.get("artifactType") != media.ARTIFACT:

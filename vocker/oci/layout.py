@@ -45,12 +45,7 @@ def index_entry(tag: str | None, data: bytes, digest: str) -> dict[str, Any]:
 
 
 def parse_index(data: bytes, where: str) -> list[dict[str, Any]]:
-    if len(data) > INDEX_MAX:
-        raise FormatError(f"index.json of {where} is larger than {INDEX_MAX} bytes; refused")
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise FormatError(f"index.json of {where} is not JSON") from None
+    doc = media.load_json(data, INDEX_MAX, f"index.json of {where}")
     manifests = doc.get("manifests") if isinstance(doc, dict) else None
     if not isinstance(manifests, list) or not all(isinstance(m, dict) and is_digest(m.get("digest"))
                                                   for m in manifests):

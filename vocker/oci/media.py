@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from ..errors import FormatError
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -25,3 +30,14 @@ ANN_CREATED = "org.opencontainers.image.created"
 ANN_REF_NAME = "org.opencontainers.image.ref.name"
 
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX))
+
+
+def load_json(data: bytes, limit: int, what: str) -> Any:
+    """A JSON document from a remote (``what`` names it in the error), refused in one line
+    when larger than ``limit`` bytes or not JSON: nothing untrusted is parsed unbounded."""
+    if len(data) > limit:
+        raise FormatError(f"{what} is larger than {limit} bytes; refused")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise FormatError(f"{what} is not JSON") from None
