@@ -20,10 +20,12 @@ import os
 import signal
 import sqlite3
 import stat
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 
 # --------------------------------------------------------------------------- mounts and daemons
@@ -292,3 +294,18 @@ def run_ops(root: Path | str, ops: Iterable[tuple]) -> list[tuple]:
 
 def compare_ops(ops: list[tuple], got: list[tuple], want: list[tuple]) -> list[str]:
     return [f"#{i} {op!r}: mount={g!r} plain={w!r}" for i, (op, g, w) in enumerate(zip(ops, got, want)) if g != w]
+
+
+@contextlib.contextmanager
+def checked_tmpdir(prefix: str) -> Iterator[Path]:
+    """A new directory under the system's temporary directory, for a test that mounts as another
+    user there; afterwards it is cleaned of mounts and daemons and removed, and the test fails
+    if anything was left behind."""
+    where = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield where
+    finally:
+        wait_for(lambda: not mounted_under(where) and not daemon_pids(where), timeout=3)
+        leftovers = force_cleanup(where)
+        shutil.rmtree(where, ignore_errors=True)
+        assert not leftovers, f"left behind after the test: {leftovers}"

@@ -27,6 +27,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _answering(server: "Server", url: str) -> "Server":
+    """``server`` once ``url`` answers; killed (never left behind) if it does not."""
+    try:
+        _wait_http(url, server.proc)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,12 +95,7 @@ def start_registry(base: Path, port: int | None = None, auth: str = "") -> Serve
     proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=open(base / "log", "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     server = Server(proc, port, base / "data")
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/v2/", proc)
-    except BaseException:
-        server.kill()
-        raise
-    return server
+    return _answering(server, f"http://127.0.0.1:{port}/v2/")
 
 
 def registry_blobs(server: Server) -> dict[str, int]:
@@ -116,12 +121,7 @@ def start_nginx(base: Path, served: Path, extra: str = "") -> Server:
                             stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "ab"),
                             start_new_session=True)
     server = Server(proc, port, served, signal.SIGQUIT, base / "access.log")
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-    except BaseException:
-        server.kill()
-        raise
-    return server
+    return _answering(server, f"http://127.0.0.1:{port}/")
 
 
 def start_http_server(served: Path) -> Server:
@@ -130,12 +130,7 @@ def start_http_server(served: Path) -> Server:
                              "--directory", str(served)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     server = Server(proc, port, served)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-    except BaseException:
-        server.kill()
-        raise
-    return server
+    return _answering(server, f"http://127.0.0.1:{port}/")
 
 
 class TokenServer:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import MOUNTS
-from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for
+from mounthelp import checked_tmpdir, mounted_under
 from vocker.mounting import user_allow_other
 
 pytestmark = [*MOUNTS, pytest.mark.skipif(os.geteuid() != 0, reason="runs commands as the user nobody: needs root")]
@@ -37,15 +35,9 @@ def _nobody() -> pwd.struct_passwd:
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory under /tmp the user nobody can enter; unmounted and removed afterwards."""
-    where = Path(tempfile.mkdtemp(prefix="vocker-allow-other-"))
-    where.chmod(0o755)
-    try:
+    with checked_tmpdir("vocker-allow-other-") as where:
+        where.chmod(0o755)
         yield where
-    finally:
-        wait_for(lambda: not mounted_under(where) and not daemon_pids(where), timeout=3)
-        leftovers = force_cleanup(where)
-        shutil.rmtree(where, ignore_errors=True)
-        assert not leftovers, f"left behind after the test: {leftovers}"
 
 
 def as_nobody(*cmd: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

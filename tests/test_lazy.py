@@ -17,7 +17,7 @@ import pytest
 
 from conftest import MOUNTS
 from mounthelp import daemon_pids, query, snapshot, wait_for
-from servers import start_nginx, start_registry
+from servers import Server, start_nginx, start_registry
 from test_share import other, recorded_blobs, servers  # noqa: F401 - fixtures
 
 pytestmark = [*MOUNTS, pytest.mark.skipif(not os.path.exists("/usr/bin/docker-registry") or
@@ -147,14 +147,20 @@ def _file_with_digest(root: Path, digest: str) -> Path:
     raise AssertionError(f"no file with content {digest}")
 
 
-def test_flipped_byte_served_is_refused_eio_and_the_rest_is_served(tmp_path, make_venv, vocker, other,
-                                                                   servers) -> None:  # noqa: F811
-    env = app_venv(make_venv, tmp_path / "env")
+def serve_image(vocker, env: Path, tmp_path: Path, servers: list) -> tuple[Path, Server]:  # type: ignore[no-untyped-def]
+    """``env`` imported as ``app``, pushed as ``app:v1`` to an image layout that nginx serves."""
     vocker("image", "import", env, "-t", "app")
     layout = tmp_path / "www" / "images"
     vocker("push", "app", f"{layout}:v1")
     web = start_nginx(tmp_path / "nginx", tmp_path / "www")
     servers.append(web)
+    return layout, web
+
+
+def test_flipped_byte_served_is_refused_eio_and_the_rest_is_served(tmp_path, make_venv, vocker, other,
+                                                                   servers) -> None:  # noqa: F811
+    env = app_venv(make_venv, tmp_path / "env")
+    layout, web = serve_image(vocker, env, tmp_path, servers)
     frames = _layout_frames(layout)
     bad_pack, off, length, bad = next(f for f in frames if f[2] >= 100_000)  # a bigpkg blob
     victim = _file_with_digest(site_of(env), bad)
@@ -264,11 +270,7 @@ def partial_files(runner) -> list[Path]:  # type: ignore[no-untyped-def]
 def test_large_file_fetches_only_the_chunks_read_then_pull_completes_it(tmp_path, make_venv, vocker, other,
                                                                         servers) -> None:  # noqa: F811
     env = big_venv(make_venv, tmp_path / "env")
-    vocker("image", "import", env, "-t", "app")
-    layout = tmp_path / "www" / "images"
-    vocker("push", "app", f"{layout}:v1")
-    web = start_nginx(tmp_path / "nginx", tmp_path / "www")
-    servers.append(web)
+    layout, web = serve_image(vocker, env, tmp_path, servers)
     huge, text = site_of(env) / "bigpkg" / "huge.bin", site_of(env) / "bigpkg" / "text.dat"
     frames = {digest: (pack, length) for pack, _, length, digest in _layout_frames(layout)}
     huge_pack, huge_len = frames["sha256:" + hashlib.sha256(huge.read_bytes()).hexdigest()]
@@ -314,11 +316,7 @@ def test_large_file_fetches_only_the_chunks_read_then_pull_completes_it(tmp_path
 def test_flipped_byte_in_a_chunk_is_eio_for_that_range_only(tmp_path, make_venv, vocker, other,
                                                              servers) -> None:  # noqa: F811
     env = big_venv(make_venv, tmp_path / "env")
-    vocker("image", "import", env, "-t", "app")
-    layout = tmp_path / "www" / "images"
-    vocker("push", "app", f"{layout}:v1")
-    web = start_nginx(tmp_path / "nginx", tmp_path / "www")
-    servers.append(web)
+    layout, web = serve_image(vocker, env, tmp_path, servers)
     huge = site_of(env) / "bigpkg" / "huge.bin"
     want = huge.read_bytes()
     pack, off, _, _ = next(f for f in _layout_frames(layout) if f[3] == "sha256:" + hashlib.sha256(want).hexdigest())

@@ -16,14 +16,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from mounthelp import daemon_pids, force_cleanup, mounted_under, wait_for
+from mounthelp import checked_tmpdir, mounted_under
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "userdel", "setpriv", "unshare"))
@@ -47,15 +46,9 @@ def stranger() -> Iterator[pwd.struct_passwd]:
 @pytest.fixture
 def shared(stranger: pwd.struct_passwd) -> Iterator[Path]:
     """A directory the user owns (its store, home and files); cleaned of mounts and removed afterwards."""
-    where = Path(tempfile.mkdtemp(prefix="vocker-nofuse-"))
-    os.chown(where, stranger.pw_uid, stranger.pw_gid)
-    try:
+    with checked_tmpdir("vocker-nofuse-") as where:
+        os.chown(where, stranger.pw_uid, stranger.pw_gid)
         yield where
-    finally:
-        wait_for(lambda: not mounted_under(where) and not daemon_pids(where), timeout=3)
-        leftovers = force_cleanup(where)
-        shutil.rmtree(where, ignore_errors=True)
-        assert not leftovers, f"left behind after the test: {leftovers}"
 
 
 def _closed_dirs(path: str) -> list[str]:
