@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from .errors import UsageError
+from .errors import NotFoundError, UsageError
 from .home import private_dir
 from .store import Store
 
@@ -80,6 +80,14 @@ def get(store: Store, name: str) -> Container | None:
         row = conn.execute("SELECT name, image_id, created, persistent FROM containers WHERE name = ?",
                            (name,)).fetchone()
     return Container(row[0], row[1], row[2], bool(row[3])) if row else None
+
+
+def require(store: Store, name: str, hint: str = "") -> Container:
+    """The container ``name``, or NotFoundError: the one exit code for it in every command."""
+    found = get(store, name)
+    if found is None:
+        raise NotFoundError(f"no such container: {name}{hint}")
+    return found
 
 
 def all_containers(store: Store) -> list[Container]:

@@ -179,9 +179,7 @@ def commit(store: Store, name: str, tag: str | None, message: str = "", *,
     ``created_by`` names what made them in the image's history (commit, install, ...)."""
     started = time.perf_counter()
     reporter = reporter or NullReporter()
-    container = containers.get(store, name)
-    if container is None:
-        raise UsageError(f"no such container: {name} (commit takes a container; 'vocker ps -a' lists them)")
+    container = containers.require(store, name, " (commit takes a container; 'vocker ps -a' lists them)")
     manifest = store.manifest(container.image_id)
     upper = containers.upper_dir(store, name)
     where = mountpoint_of(store, name)
@@ -315,9 +313,7 @@ def image_changes(store: Store, ref_a: str, ref_b: str) -> tuple[list[Change], l
 def container_changes(store: Store, name: str) -> list[Change]:
     """What the container's writable layer adds (A), changes (C) and deletes (D) in its image,
     as ``docker diff`` lists it; bytecode and venv scaffolding are left out, as an import does."""
-    container = containers.get(store, name)
-    if container is None:
-        raise UsageError(f"no such container: {name}")
+    container = containers.require(store, name)
     manifest = store.manifest(container.image_id)
     stack = LayerStack.of(store, manifest)
     site = _site(manifest)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..digest import short
-from ..errors import NotFoundError, VockerError
+from ..errors import VockerError
 from ..ui import human_size, out
 from .common import RUN_FAILED, allow_other_option, cli, container, open_store, own_failures_exit
 from .completion import complete_containers, complete_images, complete_refs
@@ -156,8 +156,7 @@ def rm_cmd(names: tuple[str, ...], force: bool) -> None:
 
     store = open_store()
     for name in names:
-        if containers.get(store, name) is None:
-            raise NotFoundError(f"no such container: {name}")
+        containers.require(store, name)
         for m in containers.mounts(store):
             if m.container == name:
                 if not force and status(m) != "stale":
